@@ -1,0 +1,348 @@
+"""2:4 structured sparsity on NumPy arrays: prune, compress, decompress, check.
+
+A tensor is 2:4 sparse along ``axis`` when every group of 4 consecutive elements
+along that axis holds at least 2 zeros.  This is the pattern NVIDIA Sparse Tensor
+Cores (Ampere and later) skip; for a weight it must run along the reduction axis
+(K) of the matrix product the weight takes part in.
+
+Every function here works on whole arrays at once: the tensor is viewed as
+``(pre, G, 4, post)`` where ``pre`` is the product of the dimensions before
+``axis``, ``G`` the number of groups along it and ``post`` the product of the
+dimensions after it, so the 4 members of every group are 4 slabs of one view and
+no data is transposed or looped over per group.
+
+Compressed layout (:class:`Sparse24Tensor`)
+-------------------------------------------
+``values``
+    The kept values, original dtype, shape equal to ``shape`` with
+    ``shape[axis]`` replaced by ``2 * G``; along ``axis`` group ``g`` contributes
+    ``values[..., 2g, ...]`` (the kept element at the lower position) and
+    ``values[..., 2g + 1, ...]`` (the kept element at the higher position).
+``metadata``
+    ``uint8`` array of ``ceil(num_groups / 2)`` bytes.  Group ``i`` (groups
+    numbered in C order over ``shape`` with ``shape[axis]`` replaced by ``G``)
+    has the 4-bit code ``p0 | p1 << 2`` (``0 <= p0 < p1 <= 3`` the kept
+    positions inside the group) in byte ``i // 2``, low nibble for even ``i``,
+    high nibble for odd ``i``.  An unused last nibble is 0.
+``G = ceil(shape[axis] / 4)``
+    An axis length that is not a multiple of 4 is padded with zeros at its end;
+    padding never wins a place over a real element, and :func:`decompress` drops
+    it again, so the round trip is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+__all__ = [
+    "Sparse24Tensor",
+    "decompress",
+    "is_24",
+    "keep_mask",
+    "magnitude_key",
+    "prune_24",
+    "prune_24_gradient",
+    "prune_24_magnitude",
+]
+
+GROUP = 4
+KEEP = 2
+
+# 4-bit keep mask (bit q set when position q is kept) -> code p0 | p1 << 2.
+# Only the six masks with exactly two bits set occur.
+_MASK_TO_CODE = np.zeros(16, dtype=np.uint8)
+# code -> 4-bit keep mask, the inverse of the table above (0 for invalid codes).
+_CODE_TO_MASK = np.zeros(16, dtype=np.uint8)
+for _p0 in range(GROUP):
+    for _p1 in range(_p0 + 1, GROUP):
+        _MASK_TO_CODE[(1 << _p0) | (1 << _p1)] = _p0 | (_p1 << 2)
+        _CODE_TO_MASK[_p0 | (_p1 << 2)] = (1 << _p0) | (1 << _p1)
+del _p0, _p1
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """True for IEEE-style binary floats, NumPy's own or ml_dtypes' bfloat16."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def _normalize_axis(axis: int, ndim: int) -> int:
+    if ndim == 0:
+        raise ValueError("a 0-d array has no axis to form groups of 4 along")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an array with {ndim} dimensions")
+    return axis % ndim
+
+
+def _group_view(array: np.ndarray, axis: int, fill) -> np.ndarray:
+    """View ``array`` as ``(pre, G, 4, post)``, padding ``axis`` to a multiple of 4 with ``fill``.
+
+    No copy is made when the axis length is already a multiple of 4 and the
+    array is C-contiguous.
+    """
+    shape = array.shape
+    length = shape[axis]
+    pre = int(np.prod(shape[:axis], dtype=np.int64))
+    post = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    view = np.ascontiguousarray(array).reshape(pre, length, post)
+    pad = (-length) % GROUP
+    if pad:
+        view = np.concatenate([view, np.full((pre, pad, post), fill, dtype=array.dtype)], axis=1)
+    return view.reshape(pre, (length + pad) // GROUP, GROUP, post)
+
+
+def _group_count(shape: tuple[int, ...], axis: int) -> int:
+    return -(-shape[axis] // GROUP)
+
+
+def magnitude_key(weights: np.ndarray) -> np.ndarray:
+    """An array that orders like ``abs(weights)``, computed without arithmetic.
+
+    For IEEE floats (float16, bfloat16, float32, float64) clearing the sign bit of
+    the bit pattern and reading it as an unsigned integer orders exactly like
+    the magnitude (NaN orders above inf).  For integers it is ``abs`` in a wider
+    type so that the most negative value does not overflow.
+    """
+    weights = np.asarray(weights)
+    if _is_float(weights.dtype):
+        uint = np.dtype(f"u{weights.dtype.itemsize}")
+        sign = np.array(1 << (8 * weights.dtype.itemsize - 1), dtype=uint)
+        return np.bitwise_and(weights.view(uint), ~sign)
+    if weights.dtype.kind in "iu":
+        return np.abs(weights.astype(np.int64))
+    raise TypeError(f"cannot rank elements of dtype {weights.dtype} by magnitude")
+
+
+@dataclass(frozen=True, eq=False)
+class Sparse24Tensor:
+    """A tensor pruned to 2:4 along ``axis``, stored as kept values plus positions.
+
+    Attributes:
+        values: The kept values, 2 per group of 4, original dtype; shape is
+            ``shape`` with ``shape[axis]`` replaced by ``2 * ceil(shape[axis] / 4)``.
+        metadata: ``uint8``, the 4-bit code ``p0 | p1 << 2`` of every group, two
+            groups per byte, low nibble first (see the module docstring).
+        shape: The dense shape.
+        axis: The axis the groups of 4 run along, non-negative.
+    """
+
+    values: np.ndarray
+    metadata: np.ndarray
+    shape: tuple[int, ...]
+    axis: int
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(d) for d in self.shape)
+        axis = _normalize_axis(self.axis, len(shape))
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "axis", axis)
+        expected = list(shape)
+        expected[axis] = KEEP * _group_count(shape, axis)
+        if tuple(self.values.shape) != tuple(expected):
+            raise ValueError(
+                f"values have shape {tuple(self.values.shape)}, expected {tuple(expected)} "
+                f"for dense shape {shape} grouped along axis {axis}"
+            )
+        n_groups = self.num_elements // shape[axis] * _group_count(shape, axis) if shape[axis] else 0
+        if self.metadata.dtype != np.uint8 or self.metadata.shape != ((n_groups + 1) // 2,):
+            raise ValueError(
+                f"metadata must be a uint8 vector of {(n_groups + 1) // 2} bytes for "
+                f"{n_groups} groups, got {self.metadata.dtype} {self.metadata.shape}"
+            )
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The element type of the dense tensor (and of ``values``)."""
+        return self.values.dtype
+
+    @property
+    def num_elements(self) -> int:
+        """Number of elements of the dense tensor (padding excluded)."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def num_groups(self) -> int:
+        """Number of groups of 4, a partial group at the end of the axis included."""
+        if self.shape[self.axis] == 0:
+            return 0
+        return self.num_elements // self.shape[self.axis] * _group_count(self.shape, self.axis)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the compressed form: kept values plus metadata."""
+        return int(self.values.nbytes + self.metadata.nbytes)
+
+    @cached_property
+    def sparsity_percent(self) -> float:
+        """Percentage of the dense tensor's elements that are zero, as measured.
+
+        At least 50 for an axis length that is a multiple of 4; more where kept
+        values are themselves zero.
+        """
+        if self.num_elements == 0:
+            return 0.0
+        nonzero = int(np.count_nonzero(self.values))
+        return 100.0 * (self.num_elements - nonzero) / self.num_elements
+
+    def codes(self) -> np.ndarray:
+        """The 4-bit code of every group, shape ``(pre, G, post)``, ``uint8``."""
+        pre = int(np.prod(self.shape[: self.axis], dtype=np.int64))
+        post = int(np.prod(self.shape[self.axis + 1 :], dtype=np.int64))
+        unpacked = np.empty(self.metadata.size * 2, dtype=np.uint8)
+        np.bitwise_and(self.metadata, 0x0F, out=unpacked[0::2])
+        np.right_shift(self.metadata, 4, out=unpacked[1::2])
+        return unpacked[: self.num_groups].reshape(pre, _group_count(self.shape, self.axis), post)
+
+
+def _pack_codes(codes: np.ndarray) -> np.ndarray:
+    """Pack 4-bit codes two per byte, the first of each pair in the low nibble."""
+    flat = codes.reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, dtype=np.uint8)])
+    packed = np.left_shift(flat[1::2], 4)
+    np.bitwise_or(packed, flat[0::2], out=packed)
+    return packed
+
+
+def prune_24(weights: np.ndarray, importance: np.ndarray, axis: int) -> Sparse24Tensor:
+    """Keep, in every group of 4 along ``axis``, the 2 elements of highest importance.
+
+    This is the one pruning primitive; :func:`prune_24_magnitude`,
+    :func:`prune_24_gradient` and calibration-aware methods differ only in the
+    importance score they pass.
+
+    Args:
+        weights: Dense tensor, any shape with at least one dimension.
+        importance: Same shape as ``weights``, any real dtype that compares
+            (floats without NaN, or integers).  Ties go to the lower index, so
+            the result is deterministic.
+        axis: Axis along which groups of 4 consecutive elements are formed.
+
+    Returns:
+        The pruned tensor in compressed form; ``decompress`` gives the dense
+        pruned tensor (the pruned elements set to zero).
+    """
+    weights = np.asarray(weights)
+    importance = np.asarray(importance)
+    if importance.shape != weights.shape:
+        raise ValueError(f"importance has shape {importance.shape}, weights {weights.shape}")
+    axis = _normalize_axis(axis, weights.ndim)
+    if _is_float(importance.dtype):
+        if np.isnan(importance).any():
+            raise ValueError("importance contains NaN; scores must be ordered")
+        lowest = -np.inf
+    elif importance.dtype.kind in "iu":
+        lowest = np.iinfo(importance.dtype).min
+    else:
+        raise TypeError(f"importance must be a real number array, got {importance.dtype}")
+
+    score = _group_view(importance, axis, lowest)
+    s0, s1, s2, s3 = (score[:, :, q, :] for q in range(GROUP))
+    # c_ij: element i outranks element j (i < j, so i wins ties).
+    c01, c02, c03 = s0 >= s1, s0 >= s2, s0 >= s3
+    c12, c13, c23 = s1 >= s2, s1 >= s3, s2 >= s3
+    del score, s0, s1, s2, s3
+    # Element i is kept when fewer than 2 elements outrank it.  With a total
+    # order the counts are a permutation of 0..3, so exactly 2 are kept.
+    k0 = (~c01).view(np.uint8) + (~c02).view(np.uint8) + (~c03).view(np.uint8) < 2
+    k1 = c01.view(np.uint8) + (~c12).view(np.uint8) + (~c13).view(np.uint8) < 2
+    k2 = c02.view(np.uint8) + c12.view(np.uint8) + (~c23).view(np.uint8) < 2
+    k3 = c03.view(np.uint8) + c13.view(np.uint8) + c23.view(np.uint8) < 2
+    del c01, c02, c03, c12, c13, c23
+
+    mask = k0.view(np.uint8) | (k1.view(np.uint8) << 1) | (k2.view(np.uint8) << 2)
+    mask |= k3.view(np.uint8) << 3
+    codes = _MASK_TO_CODE[mask]
+    del mask
+
+    x = _group_view(weights, axis, 0)
+    kept = np.empty((*x.shape[:2], KEEP, *x.shape[3:]), dtype=weights.dtype)
+    # The lower kept position is 0, 1 or 2; the higher one 3, 2 or 1.
+    kept[:, :, 0, :] = np.where(k0, x[:, :, 0, :], np.where(k1, x[:, :, 1, :], x[:, :, 2, :]))
+    kept[:, :, 1, :] = np.where(k3, x[:, :, 3, :], np.where(k2, x[:, :, 2, :], x[:, :, 1, :]))
+    values_shape = list(weights.shape)
+    values_shape[axis] = KEEP * x.shape[1]
+    return Sparse24Tensor(
+        values=kept.reshape(values_shape),
+        metadata=_pack_codes(codes),
+        shape=weights.shape,
+        axis=axis,
+    )
+
+
+def prune_24_magnitude(weights: np.ndarray, axis: int) -> Sparse24Tensor:
+    """Keep the 2 largest ``|w|`` of every 4 consecutive elements along ``axis``.
+
+    NVIDIA's recommended one-shot rule.  Ties go to the lower index.
+    """
+    weights = np.asarray(weights)
+    return prune_24(weights, magnitude_key(weights), axis)
+
+
+def prune_24_gradient(weights: np.ndarray, gradients: np.ndarray, axis: int) -> Sparse24Tensor:
+    """Keep the 2 elements of every group of 4 with the largest ``|w * g|``.
+
+    Weights that are both large and have a large loss gradient matter most; the
+    product is formed in at least float32 so that float16 and bfloat16 inputs
+    neither overflow nor flush to zero.
+    """
+    weights = np.asarray(weights)
+    gradients = np.asarray(gradients)
+    if gradients.shape != weights.shape:
+        raise ValueError(f"gradients have shape {gradients.shape}, weights {weights.shape}")
+    compute = np.float64 if np.float64 in (weights.dtype, gradients.dtype) else np.float32
+    importance = np.abs(weights.astype(compute) * gradients.astype(compute))
+    return prune_24(weights, importance, axis)
+
+
+def keep_mask(sparse: Sparse24Tensor) -> np.ndarray:
+    """Boolean array of the dense shape, True where an element was kept."""
+    bits = _CODE_TO_MASK[sparse.codes()]
+    mask = np.empty((*bits.shape[:2], GROUP, *bits.shape[2:]), dtype=bool)
+    for q in range(GROUP):
+        mask[:, :, q, :] = (bits >> q) & 1
+    return _ungroup(mask, sparse.shape, sparse.axis)
+
+
+def _ungroup(grouped: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Inverse of :func:`_group_view`: drop the padding and restore ``shape``."""
+    pre, groups, _, post = grouped.shape
+    flat = grouped.reshape(pre, groups * GROUP, post)
+    if groups * GROUP != shape[axis]:
+        flat = np.ascontiguousarray(flat[:, : shape[axis], :])
+    return flat.reshape(shape)
+
+
+def decompress(sparse: Sparse24Tensor) -> np.ndarray:
+    """The dense pruned tensor: kept values in place, zeros elsewhere.
+
+    Exact inverse of the compression done by :func:`prune_24`.
+    """
+    codes = sparse.codes()
+    pre, groups, post = codes.shape
+    kept = sparse.values.reshape(pre, groups, KEEP, post)
+    p0 = (codes & 3).astype(np.intp)[:, :, None, :]
+    p1 = (codes >> 2).astype(np.intp)[:, :, None, :]
+    dense = np.zeros((pre, groups, GROUP, post), dtype=sparse.values.dtype)
+    np.put_along_axis(dense, p0, kept[:, :, 0:1, :], axis=2)
+    np.put_along_axis(dense, p1, kept[:, :, 1:2, :], axis=2)
+    return _ungroup(dense, sparse.shape, sparse.axis)
+
+
+def is_24(weights: np.ndarray, axis: int) -> bool:
+    """True when every group of 4 consecutive elements along ``axis`` has at least 2 zeros.
+
+    A partial group at the end of the axis counts its missing elements as zeros.
+    ``-0.0`` is zero; NaN is not.
+    """
+    weights = np.asarray(weights)
+    axis = _normalize_axis(axis, weights.ndim)
+    if weights.size == 0:
+        return True
+    x = _group_view(weights, axis, 0)
+    nonzero = (x[:, :, 0, :] != 0).view(np.uint8) + (x[:, :, 1, :] != 0).view(np.uint8)
+    nonzero += (x[:, :, 2, :] != 0).view(np.uint8)
+    nonzero += (x[:, :, 3, :] != 0).view(np.uint8)
+    return bool((nonzero <= KEEP).all())

@@ -1,0 +1,75 @@
+"""Pruning methods: how the importance of each weight element is scored.
+
+A method turns one weight tensor into a :class:`~sparse24_onnx.core.Sparse24Tensor`
+(or says why it cannot), so the prune pass does not care which rule chose the
+kept elements.  New methods (activation-aware, Hessian-based) implement the same
+two members.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from .core import Sparse24Tensor, prune_24_gradient, prune_24_magnitude
+from .errors import BadInput
+from .weights import WeightRecord
+
+__all__ = ["GradientMethod", "MagnitudeMethod", "PruneMethod", "load_gradients"]
+
+
+class PruneMethod(Protocol):
+    """What the prune pass needs from a method."""
+
+    #: Name recorded in the report and the model's provenance.
+    name: str
+
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
+        """Prune ``weights`` along ``record.axis``; a string is the reason to skip it."""
+        ...
+
+
+class MagnitudeMethod:
+    """Keep the 2 largest ``|w|`` of every group of 4."""
+
+    name = "magnitude"
+
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
+        return prune_24_magnitude(weights, record.axis)
+
+
+class GradientMethod:
+    """Keep the 2 largest ``|w * g|`` of every group of 4, ``g`` the loss gradient.
+
+    Args:
+        gradients: Gradient arrays keyed by weight (initializer) name, each the
+            weight's shape.  Weights without a gradient are skipped.
+    """
+
+    name = "gradient"
+
+    def __init__(self, gradients: Mapping[str, np.ndarray]) -> None:
+        self.gradients = gradients
+
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
+        if record.name not in self.gradients:
+            return "no gradient for this tensor in --gradients"
+        gradient = np.asarray(self.gradients[record.name])
+        if gradient.shape != weights.shape:
+            raise BadInput(f"--gradients: '{record.name}' has shape {gradient.shape}, the weight has {weights.shape}")
+        if not np.isfinite(gradient).all():
+            return "its gradient contains NaN or Inf"
+        return prune_24_gradient(weights, gradient, record.axis)
+
+
+def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
+    """Open a ``.npz`` of gradients keyed by initializer name (arrays load on access)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such gradients file") from None
+    except (OSError, ValueError) as error:
+        raise BadInput(f"{path}: not a readable .npz file ({error})") from None

@@ -1,0 +1,246 @@
+"""Reading a model safely and writing one atomically.
+
+Models are held in onnx-ir (``onnx_ir``), which memory-maps tensors kept in
+external data files instead of reading them, and serialises a model back
+without losing opset imports, functions, metadata, value_info or doc strings.
+
+An output is staged in a temporary folder beside its destination, may be
+inspected there (validation loads it into onnxruntime), and is then moved into
+place with ``os.replace``, side file first and model last, or discarded: a
+failed run never leaves a partial OUT behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from .errors import BadInput
+
+__all__ = [
+    "PROTOBUF_LIMIT_BYTES",
+    "StagedOutput",
+    "check_output_path",
+    "external_files",
+    "initializer_bytes",
+    "load_model",
+    "stage_model",
+]
+
+#: Serialised protobuf messages cannot exceed 2 GiB; stay clear of it.
+PROTOBUF_LIMIT_BYTES = 2**31 - 2**26
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
+    """Load an ONNX model into onnx-ir, or raise :class:`BadInput` saying why not.
+
+    Tensors in external data stay on disk (memory-mapped on first use), resolved
+    relative to the model's folder.  With ``check`` the model also goes through
+    ``onnx.checker`` (given the path when it must see external data or the file
+    is over 2 GiB).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory, expected an .onnx file")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read ({error.strerror})") from None
+    if size == 0:
+        raise BadInput(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise BadInput(f"{path}: not an ONNX model (cannot parse it: {_first_line(error)})") from None
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read ({error.strerror or error})") from None
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:
+        raise BadInput(f"{path}: cannot read the model's graph: {_first_line(error)}") from None
+    ir.external_data.set_base_dir(model.graph, str(path.parent))
+    if check:
+        try:
+            # The checker takes the parsed proto (no second parse) unless it must
+            # find external data relative to the file, or the file is over 2 GiB.
+            by_path = size >= PROTOBUF_LIMIT_BYTES or bool(external_files(model))
+            onnx.checker.check_model(str(path) if by_path else proto)
+        except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+            raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
+    _forget_implied_initializer_types(model, proto)
+    return model
+
+
+def _forget_implied_initializer_types(model: ir.Model, proto: onnx.ModelProto) -> None:
+    """Keep value_info as it was: drop the type onnx-ir gives initializers not declared there.
+
+    onnx-ir types every initializer value and then writes a value_info entry for
+    each; the output should list exactly the value_info entries the input had.
+    """
+    declared = set()
+    pending = [proto.graph]
+    while pending:
+        graph = pending.pop()
+        declared.update(info.name for info in graph.value_info)
+        for node in graph.node:
+            for attribute in node.attribute:
+                pending.extend([attribute.g] if attribute.HasField("g") else [])
+                pending.extend(attribute.graphs)
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.name not in declared and not value.is_graph_input():
+                value.type = None
+                value.shape = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+
+
+def initializer_bytes(model: ir.Model) -> int:
+    """Total size in bytes of the model's initializers, subgraphs included."""
+    return sum(tensor.nbytes for tensor in _tensors(model))
+
+
+def external_files(model: ir.Model) -> set[Path]:
+    """Resolved paths of the external data files the model's tensors live in."""
+    files = set()
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            files.add(Path(tensor.path).resolve())
+    return files
+
+
+def check_output_path(out: str | os.PathLike, inp: str | os.PathLike) -> Path:
+    """Refuse an output that would overwrite the input or cannot be written."""
+    out = Path(out)
+    if out.exists() and out.resolve() == Path(inp).resolve():
+        raise BadInput(f"{out}: OUT is the input model; write to another file (the input is never modified)")
+    if out.is_dir():
+        raise BadInput(f"{out}: is a directory; give OUT as a file path such as {out / 'model.onnx'}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise BadInput(f"{folder}: the output folder does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{folder}: the output folder is not writable")
+    return out
+
+
+class StagedOutput:
+    """A model saved to a temporary folder beside its destination.
+
+    ``path`` can be opened (by onnxruntime, say) until :meth:`commit` moves the
+    files into place or :meth:`discard` deletes them.  Used as a context manager
+    it discards whatever was not committed.
+    """
+
+    def __init__(self, destination: Path, folder: Path, files: list[str]) -> None:
+        self.destination = destination
+        self.folder = folder
+        self.files = files  # side files first, the model last
+        self.path = folder / destination.name
+
+    def commit(self) -> list[Path]:
+        """Move the staged files next to ``destination``; return their final paths."""
+        final = []
+        for name in self.files:
+            target = self.destination.parent / name
+            os.replace(self.folder / name, target)
+            final.append(target)
+        self.discard()
+        return final
+
+    def discard(self) -> None:
+        """Delete the staging folder and whatever is left in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> StagedOutput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+
+def stage_model(
+    model: ir.Model,
+    destination: Path,
+    *,
+    external_data: bool,
+    input_files: set[Path] = frozenset(),
+) -> StagedOutput:
+    """Save ``model`` into a staging folder beside ``destination``.
+
+    Args:
+        model: The model; it is not changed.
+        destination: Where the model will live after :meth:`StagedOutput.commit`.
+        external_data: Write the weights to a side file ``<name>.data`` beside
+            the model, streamed one tensor at a time.  Without it every tensor
+            is embedded, which protobuf allows up to 2 GiB.
+        input_files: External data files of the input model, never to be
+            overwritten.
+    """
+    data_name = destination.name + ".data"
+    if external_data and (destination.parent / data_name).resolve() in input_files:
+        raise BadInput(
+            f"{destination.parent / data_name}: OUT's side file would overwrite the input's external data; "
+            "choose another OUT name"
+        )
+    folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    staged = StagedOutput(destination, folder, [destination.name])
+    try:
+        if external_data:
+            ir.save(model, staged.path, external_data=data_name, size_threshold_bytes=1024)
+            if (folder / data_name).exists():
+                staged.files.insert(0, data_name)
+        else:
+            with _embedded(model):
+                ir.save(model, staged.path)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+class _embedded:
+    """Temporarily replace external tensors by in-memory views, so that they are embedded."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+        self.model = model
+
+    def __enter__(self) -> None:
+        for graph in self.model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    self.swapped.append((value, tensor))
+                    value.const_value = ir.Tensor(
+                        tensor.numpy(),
+                        dtype=tensor.dtype,
+                        name=tensor.name,
+                        doc_string=tensor.doc_string,
+                        metadata_props=dict(tensor.metadata_props),
+                    )
+
+    def __exit__(self, *exc_info: object) -> None:
+        for value, tensor in self.swapped:
+            value.const_value = tensor

@@ -1,0 +1,288 @@
+"""``python -m sparse24_onnx.optimize IN OUT``: prune an ONNX model's weights to 2:4 and validate it.
+
+Runs the pass pipeline (find weights, prune, record provenance) on IN, writes
+OUT atomically, and compares both models' outputs in onnxruntime.  Exit codes:
+0 done, 1 validation error above ``--max-rel-error`` (OUT is then not written),
+2 bad input or usage, 4 internal error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .cli import ArgumentParser, run_main
+from .errors import BadInput, ExitCode
+from .feeds import InputSpec, generate_feeds, infer_int_ranges, load_feeds, parse_int_ranges, parse_shapes
+from .methods import GradientMethod, MagnitudeMethod, PruneMethod, load_gradients
+from .model_io import (
+    PROTOBUF_LIMIT_BYTES,
+    check_output_path,
+    external_files,
+    initializer_bytes,
+    load_model,
+    stage_model,
+)
+from .passes import FindWeights, Pipeline, PruneWeights, RecordProvenance
+from .report import format_table, tensor_entry, validation_entry, write_json
+from .validate import compare_runs, open_session, run_feeds
+from .weights import Status, WeightRecord, weight_records
+
+PROG = "sparse24_onnx.optimize"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=f"python -m {PROG}",
+        description="Prune the MatMul/Gemm weights of an ONNX model to NVIDIA 2:4 structured sparsity "
+        "and validate the result in onnxruntime.",
+        epilog="Exit codes: 0 done; 1 validation error above --max-rel-error (OUT not written); "
+        "2 bad input or usage; 4 internal error.",
+    )
+    parser.add_argument("input", metavar="IN", help="the ONNX model to prune (never modified)")
+    parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
+    parser.add_argument(
+        "--method",
+        choices=("magnitude", "gradient"),
+        default="magnitude",
+        help="importance of each weight: |w| (default) or |w*g| with --gradients",
+    )
+    parser.add_argument(
+        "--gradients", metavar="PATH.npz", help="gradients keyed by initializer name (--method gradient)"
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        action="append",
+        default=[],
+        help="leave dense the weights whose name, or the name of a node using them, matches (repeatable)",
+    )
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store OUT's weights in a side file OUT.data (automatic above the 2 GiB protobuf limit)",
+    )
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
+    validation.add_argument(
+        "--inputs",
+        metavar="PATH",
+        help="a .npz keyed by graph input name, or a folder of them (one feed each); default: random inputs",
+    )
+    validation.add_argument(
+        "--shape",
+        metavar="NAME=DIMS",
+        action="append",
+        default=[],
+        help="size of dynamic dimensions for generated inputs: an input (input_ids=1x128) or a named "
+        "dimension (seq=128); others are 1 (repeatable)",
+    )
+    validation.add_argument(
+        "--int-range",
+        metavar="[NAME=]LOW:HIGH",
+        action="append",
+        default=[],
+        help="range [LOW, HIGH) of generated integer inputs, for all or one input (default: the table size "
+        "for token ids feeding Gather, else 0:2)",
+    )
+    validation.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
+    validation.add_argument(
+        "--num-feeds", type=int, default=1, metavar="N", help="number of generated feeds (default 1)"
+    )
+    validation.add_argument(
+        "--max-rel-error",
+        type=float,
+        metavar="X",
+        help="fail (exit 1, OUT not written) when an output's relative L2 error exceeds X; no bound by default",
+    )
+    parser.add_argument("--report", metavar="PATH.json", help="write a JSON report (tensors, metrics, validation)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--version", action="version", version=f"sparse24-onnx {__version__}")
+    return parser
+
+
+class _Progress:
+    """Progress lines on stderr; per-weight lines at most once a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.last = 0.0
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"[sparse24] {message}\n")
+            sys.stderr.flush()
+
+    def weight(self, done: int, total: int, record: WeightRecord) -> None:
+        now = time.monotonic()
+        if self.enabled and (now - self.last >= 1.0 or done == 0):
+            self.last = now
+            shape = "x".join(map(str, record.shape))
+            self.say(f"pruning {done + 1}/{total}: {record.name} ({shape})")
+
+
+def _method(args) -> PruneMethod:
+    if args.method == "gradient":
+        if not args.gradients:
+            raise BadInput("--method gradient needs --gradients PATH.npz (gradients keyed by initializer name)")
+        return GradientMethod(load_gradients(args.gradients))
+    if args.gradients:
+        raise BadInput("--gradients is only used with --method gradient")
+    return MagnitudeMethod()
+
+
+def _check_options(args) -> None:
+    for pattern in args.exclude:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise BadInput(f"--exclude {pattern!r}: not a regular expression ({error})") from None
+    if args.max_rel_error is not None and not args.max_rel_error >= 0:
+        raise BadInput("--max-rel-error must be a number >= 0")
+    if args.max_rel_error is not None and args.no_validate:
+        raise BadInput("--max-rel-error needs validation; drop --no-validate")
+    if args.num_feeds < 1:
+        raise BadInput("--num-feeds must be at least 1")
+    if args.report:
+        folder = Path(args.report).parent
+        if not folder.is_dir():
+            raise BadInput(f"--report {args.report}: folder {folder} does not exist")
+
+
+def _run(args) -> int:
+    _check_options(args)
+    inp = Path(args.input)
+    out = check_output_path(args.output, inp)
+    progress = _Progress(not args.quiet)
+    method = _method(args)
+    shapes = parse_shapes(args.shape)
+    default_range, int_ranges = parse_int_ranges(args.int_range)
+
+    progress.say(f"loading {inp}")
+    model = load_model(inp)
+    input_files = external_files(model)
+
+    validate = not args.no_validate
+    if validate:
+        progress.say("running the original model in onnxruntime")
+        session = open_session(inp, role="input")
+        specs = InputSpec.from_session(session)
+        if args.inputs:
+            feeds = load_feeds(args.inputs, specs)
+            source = str(args.inputs)
+        else:
+            ranges = {**infer_int_ranges(model), **int_ranges}
+            feeds = generate_feeds(
+                specs,
+                shapes=shapes,
+                int_ranges=ranges,
+                default_int_range=default_range,
+                seed=args.seed,
+                count=args.num_feeds,
+            )
+            source = f"generated (seed {args.seed})"
+        output_names = [o.name for o in session.get_outputs()]
+        reference = run_feeds(session, feeds)
+        del session
+
+    pipeline = Pipeline(
+        FindWeights(args.exclude),
+        PruneWeights(method, progress=progress.weight),
+        RecordProvenance(method.name),
+    )
+    pipeline(model)
+    records = list(weight_records(model))
+
+    external = args.external_data or initializer_bytes(model) > PROTOBUF_LIMIT_BYTES
+    progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))
+    comparisons = None
+    validation = None
+    exit_code = ExitCode.OK
+    written: list[Path] = []
+    with stage_model(model, out, external_data=external, input_files=input_files) as staged:
+        if validate:
+            progress.say("running the pruned model in onnxruntime")
+            session = open_session(staged.path, role="output")
+            candidate = run_feeds(session, feeds)
+            del session
+            comparisons = compare_runs(output_names, reference, candidate)
+            validation = validation_entry(comparisons, feeds=len(feeds), source=source, bound=args.max_rel_error)
+            if validation["passed"] is False:
+                exit_code = ExitCode.FAILED_CHECK
+        if exit_code == ExitCode.OK:
+            written = staged.commit()
+
+    pruned = [r for r in records if r.status == Status.PRUNED]
+    if args.report:
+        write_json(
+            args.report,
+            {
+                "command": "optimize",
+                "input": str(inp),
+                "output": str(out) if written else None,
+                "files": [str(p) for p in written],
+                "method": method.name,
+                "format": "dense",
+                "summary": _summary(records),
+                "tensors": [tensor_entry(r) for r in records],
+                "validation": validation,
+                "exit_code": int(exit_code),
+            },
+        )
+    if not args.quiet:
+        if records:
+            print(format_table(records, comparisons))
+            print()
+        print(_verdict(records, pruned, validation, out if written else None))
+    if exit_code == ExitCode.FAILED_CHECK:
+        worst = validation["worst_rel_l2_error"]
+        sys.stderr.write(
+            f"{PROG}: validation failed: relative L2 error {worst:.4g} exceeds --max-rel-error "
+            f"{args.max_rel_error:g}; {out} was not written\n"
+        )
+    return int(exit_code)
+
+
+def _summary(records: list[WeightRecord]) -> dict[str, int]:
+    pruned = [r for r in records if r.status == Status.PRUNED]
+    return {
+        "weights_found": len(records),
+        "pruned": len(pruned),
+        "skipped": len(records) - len(pruned),
+        "pruned_elements": sum(r.metrics.pruned_count for r in pruned if r.metrics),
+        "total_elements": sum(r.metrics.total_count for r in pruned if r.metrics),
+    }
+
+
+def _verdict(records, pruned, validation, written: Path | None) -> str:
+    if not records:
+        head = "nothing to prune: no MatMul/Gemm weight held as a constant"
+    elif not pruned:
+        head = f"nothing to prune: all {len(records)} weights were skipped (reasons above)"
+    else:
+        head = f"pruned {len(pruned)} of {len(records)} weights to 2:4"
+    if validation is not None:
+        worst = validation["worst_rel_l2_error"]
+        bound = validation["max_rel_error"]
+        if bound is None:
+            verdict = "no bound set"
+        else:
+            verdict = f"within {bound:g}" if validation["passed"] else f"ABOVE --max-rel-error {bound:g}"
+        head += f"; worst output relative L2 error {worst:.4g} ({verdict})"
+    else:
+        head += "; not validated"
+    head += f"; wrote {written}" if written else "; nothing written"
+    return head
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The pass pipeline: small passes over an onnx-ir model, each saying what it changed.
+
+``optimize`` runs::
+
+    Pipeline(FindWeights(exclude), PruneWeights(method), RecordProvenance(method.name))
+"""
+
+from .base import PassResult, Pipeline, PipelineResult
+from .find_weights import FindWeights
+from .provenance import PROVENANCE_KEY, RecordProvenance
+from .prune_weights import PruneWeights
+
+__all__ = [
+    "PROVENANCE_KEY",
+    "FindWeights",
+    "PassResult",
+    "Pipeline",
+    "PipelineResult",
+    "PruneWeights",
+    "RecordProvenance",
+]

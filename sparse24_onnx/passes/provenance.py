@@ -1,0 +1,43 @@
+"""Pass: record in the model what was pruned, how, and by which tool version."""
+
+from __future__ import annotations
+
+import json
+
+import onnx_ir as ir
+
+from .. import __version__
+from ..weights import Status, weight_records
+from .base import InPlacePass, PassResult
+
+__all__ = ["PROVENANCE_KEY", "RecordProvenance"]
+
+#: Key of the provenance entry in the model's ``metadata_props``.
+PROVENANCE_KEY = "sparse24"
+
+
+class RecordProvenance(InPlacePass):
+    """Write a ``sparse24`` JSON entry into the model's ``metadata_props``.
+
+    The entry holds the tool and version, the method, the storage format and,
+    for every pruned tensor, the axis its groups of 4 run along::
+
+        {"tool": "sparse24-onnx", "version": "0.1.0", "method": "magnitude",
+         "format": "dense", "tensors": {"fc1.weight": {"axis": 0}}}
+    """
+
+    def __init__(self, method: str, storage_format: str = "dense") -> None:
+        self.method = method
+        self.storage_format = storage_format
+
+    def call(self, model: ir.Model) -> PassResult:
+        pruned = [r for r in weight_records(model) if r.status == Status.PRUNED]
+        entry = {
+            "tool": "sparse24-onnx",
+            "version": __version__,
+            "method": self.method,
+            "format": self.storage_format,
+            "tensors": {r.name: {"axis": r.axis} for r in pruned},
+        }
+        model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
+        return PassResult(model, modified=True, weights=pruned)

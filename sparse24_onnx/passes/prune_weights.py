@@ -1,0 +1,63 @@
+"""Pass: prune every candidate weight to 2:4 along its axis, in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from ..core import compute_metrics, decompress
+from ..methods import PruneMethod
+from ..weights import Status, WeightRecord, weight_records
+from .base import InPlacePass, PassResult
+
+__all__ = ["PruneWeights"]
+
+#: ``progress(done, total, record)``, called before each weight is pruned.
+Progress = Callable[[int, int, WeightRecord], None]
+
+
+class PruneWeights(InPlacePass):
+    """Replace each candidate weight by its dense 2:4-pruned version.
+
+    The dense layout (pruned elements stored as zeros) is what TensorRT reads;
+    name, dtype, doc string and metadata of each tensor are kept.  Weights with
+    NaN or Inf are skipped.  Needs :class:`FindWeights` to have run.
+
+    Args:
+        method: Chooses the kept elements (see :mod:`sparse24_onnx.methods`).
+        progress: Optional callback for progress reports.
+    """
+
+    def __init__(self, method: PruneMethod, progress: Progress | None = None) -> None:
+        self.method = method
+        self.progress = progress
+
+    def call(self, model: ir.Model) -> PassResult:
+        todo = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+        for done, record in enumerate(todo):
+            if self.progress is not None:
+                self.progress(done, len(todo), record)
+            self._prune(record)
+        return PassResult(model, modified=bool(todo), weights=todo)
+
+    def _prune(self, record: WeightRecord) -> None:
+        tensor = record.value.const_value
+        weights = tensor.numpy()
+        if not np.isfinite(weights).all():
+            record.skip("contains NaN or Inf")
+            return
+        sparse = self.method.prune(record, weights)
+        if isinstance(sparse, str):
+            record.skip(sparse)
+            return
+        record.metrics = compute_metrics(weights, sparse)
+        record.value.const_value = ir.Tensor(
+            decompress(sparse),
+            dtype=tensor.dtype,
+            name=tensor.name,
+            doc_string=tensor.doc_string,
+            metadata_props=dict(tensor.metadata_props),
+        )
+        record.status = Status.PRUNED
