@@ -16,6 +16,8 @@ different weight layout:
 * ``skips.onnx``: weights that must be skipped, each for its own reason.
 * ``transformer.onnx``: one encoder block (self-attention + FFN) on
   ``[batch, seq, 64]`` with token-id input, embedding Gather and LayerNorm.
+
+and the graph shapes of real exporters listed in :mod:`models.graph_shapes`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+if __package__ in (None, ""):  # run as a script: python models/build_models.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from models import graph_shapes
 
 OPSET = 17
 
@@ -291,6 +297,7 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "matmul_a_const.onnx": matmul_a_const,
     "transformer.onnx": transformer,
     "skips.onnx": skips,
+    **graph_shapes.MODELS,
 }
 
 

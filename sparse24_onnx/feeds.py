@@ -183,14 +183,14 @@ def generate_feeds(
                 )
             dims = _resolve_dims(spec, shapes)
             if dtype.kind == "f":
-                feed[spec.name] = rng.standard_normal(dims).astype(dtype)
+                array = rng.standard_normal(dims)
             elif dtype.kind == "b":
-                feed[spec.name] = rng.random(dims) < 0.5
+                array = rng.random(dims) < 0.5
             else:
                 low, high = int_ranges.get(spec.name) or default_int_range or _DEFAULT_INT_RANGE
                 info = np.iinfo(dtype)
-                low, high = max(low, info.min), min(high, info.max + 1)
-                feed[spec.name] = rng.integers(low, high, size=dims).astype(dtype)
+                array = rng.integers(max(low, info.min), min(high, info.max + 1), size=dims)
+            feed[spec.name] = np.asarray(array, dtype=dtype)  # 0-d inputs too: an array, not a scalar
         feeds.append(feed)
     return feeds
 

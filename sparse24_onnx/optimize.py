@@ -8,7 +8,6 @@ OUT atomically, and compares both models' outputs in onnxruntime.  Exit codes:
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from .model_io import (
     stage_model,
 )
 from .passes import FindWeights, Pipeline, PruneWeights, RecordProvenance
-from .report import format_table, tensor_entry, validation_entry, write_json
+from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
 from .validate import compare_runs, open_session, run_feeds
 from .weights import Status, WeightRecord, weight_records
 
@@ -135,25 +134,18 @@ def _method(args) -> PruneMethod:
 
 
 def _check_options(args) -> None:
-    for pattern in args.exclude:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise BadInput(f"--exclude {pattern!r}: not a regular expression ({error})") from None
     if args.max_rel_error is not None and not args.max_rel_error >= 0:
         raise BadInput("--max-rel-error must be a number >= 0")
     if args.max_rel_error is not None and args.no_validate:
         raise BadInput("--max-rel-error needs validation; drop --no-validate")
     if args.num_feeds < 1:
         raise BadInput("--num-feeds must be at least 1")
-    if args.report:
-        folder = Path(args.report).parent
-        if not folder.is_dir():
-            raise BadInput(f"--report {args.report}: folder {folder} does not exist")
+    check_report_path(args.report)
 
 
 def _run(args) -> int:
     _check_options(args)
+    find = FindWeights(args.exclude)
     inp = Path(args.input)
     out = check_output_path(args.output, inp)
     progress = _Progress(not args.quiet)
@@ -189,7 +181,7 @@ def _run(args) -> int:
         del session
 
     pipeline = Pipeline(
-        FindWeights(args.exclude),
+        find,
         PruneWeights(method, progress=progress.weight),
         RecordProvenance(method.name),
     )

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import __version__
+from .errors import BadInput
 from .validate import OutputComparison
 from .weights import Status, WeightRecord
 
-__all__ = ["format_table", "tensor_entry", "validation_entry", "write_json"]
+__all__ = ["check_report_path", "format_table", "tensor_entry", "validation_entry", "write_json"]
 
 _METRIC_FIELDS = (
     "pruned_count",
@@ -74,6 +75,12 @@ def _finite_or_text(obj: object) -> object:
     return obj
 
 
+def check_report_path(path: str | os.PathLike | None) -> None:
+    """Refuse a ``--report`` path whose folder does not exist, before any work is done."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise BadInput(f"--report {path}: folder {Path(path).parent} does not exist")
+
+
 def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
     """Write ``document`` (plus tool and version) as JSON to ``path``, atomically."""
     path = Path(path)
@@ -94,13 +101,16 @@ def _cut(text: str, width: int) -> str:
 
 
 def format_table(records: Iterable[WeightRecord], comparisons: list[OutputComparison] | None) -> str:
-    """A human-readable table of the weights and, when validated, of the outputs."""
+    """A human-readable table of the weights and, when validated, of the outputs.
+
+    Pruned weights show their kept and pruned mean magnitudes and L1 error;
+    every other row shows its reason or detail.
+    """
     records = list(records)
     name_width = min(48, max([len("weight")] + [len(r.name) for r in records]))
-    lines = [
-        f"{'weight':<{name_width}}  {'op':<6}  {'shape':<14}  {'axis':>4}  {'status':<7}  "
-        f"{'kept|w|':>9}  {'pruned|w|':>9}  {'L1 err':>9}"
-    ]
+    with_metrics = any(r.metrics is not None for r in records)
+    tail = f"  {'kept|w|':>9}  {'pruned|w|':>9}  {'L1 err':>9}" if with_metrics else "  detail"
+    lines = [f"{'weight':<{name_width}}  {'op':<6}  {'shape':<14}  {'axis':>4}  {'status':<7}{tail}"]
     for r in records:
         shape = "x".join(map(str, r.shape)) or "scalar"
         axis = "-" if r.axis is None else str(r.axis)
@@ -111,7 +121,7 @@ def format_table(records: Iterable[WeightRecord], comparisons: list[OutputCompar
                 f"{head}  {m.kept_magnitude_mean:>9.3g}  {m.pruned_magnitude_mean:>9.3g}  {m.approximation_error:>9.3g}"
             )
         else:
-            lines.append(f"{head}  {r.reason}")
+            lines.append(f"{head}  {r.reason}".rstrip())
     if comparisons:
         out_width = max([len("output")] + [len(c.name) for c in comparisons])
         lines.append("")

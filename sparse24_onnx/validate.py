@@ -7,7 +7,10 @@ and run on the same feeds.  Per output, over all feeds together:
 * ``rel_l2_error``: ``||y' - y|| / ||y||`` (0 when both are zero, inf when only ``y`` is)
 * ``cosine_similarity``: ``<y, y'> / (||y|| ||y'||)`` (1 when both are zero)
 
-computed in float64 from running sums, so feeds are never concatenated.
+computed in float64 from running sums, so feeds are never concatenated.  An
+element equal in both (the same inf, or NaN in both) counts as unchanged and
+non-finite reference values stay out of the norms; any non-finite value that
+changed makes the error non-finite, which fails a bound.
 """
 
 from __future__ import annotations
@@ -96,12 +99,18 @@ def compare_runs(
             y = y.astype(np.float64).ravel()
             z = z.astype(np.float64).ravel()
             if y.size:
-                diff = z - y
+                # Equal values (the same inf, NaN where both are NaN) count as no change;
+                # a non-finite value that differs makes the error non-finite.
+                same = (y == z) | (np.isnan(y) & np.isnan(z))
+                with np.errstate(invalid="ignore", over="ignore"):
+                    diff = np.where(same, 0.0, z - y)
+                finite = np.isfinite(y) & np.isfinite(z)
+                yf, zf = y[finite], z[finite]
                 maxima.append(float(np.max(np.abs(diff))))
                 diff_sq += float(diff @ diff)
-                ref_sq += float(y @ y)
-                cand_sq += float(z @ z)
-                dot += float(y @ z)
+                ref_sq += float(yf @ yf)
+                cand_sq += float(zf @ zf)
+                dot += float(yf @ zf)
         if not numeric:
             continue
         max_abs = float(np.max(maxima))  # NaN if any output was NaN

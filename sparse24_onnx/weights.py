@@ -13,13 +13,18 @@ Gemm          B (1)  ``[K, N]`` / ``[N, K]``     0, or 1 with ``transB=1``
 ============  =====  ==========================  =========================
 
 When both operands of a MatMul or Gemm are constant, B is the weight and A is
-data.  A tensor counts as a candidate when at least one of its uses is such a
-slot; it is then pruned only if every use agrees on the axis and no use would
-see its values change for another reason.
+data.  Weights are initializers (of the main graph, of subgraphs) and the
+tensors of ``Constant`` nodes (anywhere, model-local functions included).  A
+weight's uses are followed through the ops exporters insert on the way:
+``Cast``/``CastLike``/``Identity`` keep the axis, ``Transpose`` moves it (the
+axis is mapped back through ``perm``), and a call of a model-local function
+continues at the function's matching input.  A weight counts when at least one
+use reaches a MatMul/Gemm weight slot; it is pruned only if every use agrees on
+the axis and no use would see its values change for another reason.
 
 The per-tensor :class:`WeightRecord` is what the passes share: the finding pass
-attaches one to each candidate's :class:`onnx_ir.Value` (in ``value.meta``),
-later passes read and update it, and reports are built from it.
+stores the list in ``model.meta`` (never serialised), later passes read and
+update it, and reports are built from it.
 """
 
 from __future__ import annotations
@@ -27,27 +32,47 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from .core import PruneMetrics
 
 __all__ = [
     "PRUNABLE_DTYPES",
+    "ConstantNodeSource",
+    "InitializerSource",
     "Status",
+    "Trace",
     "WeightRecord",
     "WeightUse",
+    "all_graphs",
+    "data_problem",
     "slot_axis",
+    "trace_uses",
     "weight_records",
 ]
 
 #: Element types pruned; others (integer, quantized, float8) are skipped.
 PRUNABLE_DTYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
-#: Key of the record in ``ir.Value.meta`` (not serialised).
-META_KEY = "sparse24.record"
+#: Key of the record list in ``ir.Model.meta`` (not serialised).
+META_KEY = "sparse24.records"
 
+_DEFAULT_DOMAINS = ("", "ai.onnx")
 #: Ops that read only the shape of a tensor, so pruning its values is harmless.
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+#: Ops whose output element i is a function of input element i alone: a zero pattern passes through.
+_AXIS_KEEPING_OPS = frozenset({"Cast", "CastLike", "Identity"})
+#: Ops that dequantize an integer weight on its way to a float product.
+_DEQUANTIZE_OPS = frozenset({"DequantizeLinear", "Mul", "Div", "Sub"})
+#: Integer ops and the input positions that hold their (quantized) weights.
+_INTEGER_OPS = {
+    "MatMulInteger": (0, 1),
+    "ConvInteger": (1,),
+    "QLinearMatMul": (0, 3),
+    "QLinearConv": (3,),
+}
+_MAX_DEPTH = 16
 
 
 class Status:
@@ -56,16 +81,63 @@ class Status:
     CANDIDATE = "candidate"
     PRUNED = "pruned"
     SKIPPED = "skipped"
+    #: ``check``: the weight is 2:4 along its axis.
+    SPARSE = "2:4"
+    #: ``check``: the weight is not 2:4 along its axis.
+    NOT_SPARSE = "not 2:4"
 
 
 @dataclass(frozen=True)
 class WeightUse:
-    """One use of a weight by a node: which op, which input, which axis it needs."""
+    """One use of a weight by a MatMul/Gemm weight slot.
+
+    Attributes:
+        node: Name of the MatMul/Gemm node.
+        op_type: ``MatMul`` or ``Gemm``.
+        input_index: Which input of the node the weight reaches.
+        axis: The axis *of the stored tensor* the groups of 4 must run along.
+        via: The ops between the tensor and the node, e.g. ``("Transpose",)``.
+    """
 
     node: str
     op_type: str
     input_index: int
-    axis: int | None
+    axis: int
+    via: tuple[str, ...] = ()
+
+
+class InitializerSource:
+    """A weight held as a graph initializer."""
+
+    kind = "initializer"
+
+    def __init__(self, value: ir.Value) -> None:
+        self.value = value
+
+    @property
+    def tensor(self) -> ir.TensorProtocol:
+        return self.value.const_value
+
+    def replace(self, tensor: ir.TensorProtocol) -> None:
+        self.value.const_value = tensor
+
+
+class ConstantNodeSource:
+    """A weight held in the ``value`` attribute of a ``Constant`` node."""
+
+    kind = "Constant"
+
+    def __init__(self, node: ir.Node) -> None:
+        self.node = node
+        self.value = node.outputs[0]
+
+    @property
+    def tensor(self) -> ir.TensorProtocol:
+        return self.node.attributes["value"].value
+
+    def replace(self, tensor: ir.TensorProtocol) -> None:
+        old = self.node.attributes["value"]
+        self.node.attributes["value"] = ir.AttrTensor("value", tensor, doc_string=old.doc_string)
 
 
 @dataclass
@@ -73,20 +145,23 @@ class WeightRecord:
     """What the pipeline knows and decided about one weight tensor.
 
     Attributes:
-        name: Tensor (initializer) name.
-        value: The IR value holding the tensor; ``value.const_value`` is the data.
-        graph: Name of the graph the initializer belongs to.
+        name: Tensor name (the initializer's, or the Constant node's output).
+        source: Where the tensor lives; ``source.tensor`` reads it, ``source.replace`` swaps it.
+        graph: The graph holding it: the main graph's name, a subgraph's name, or
+            ``function <domain>.<name>``.
         shape: Dense shape.
         dtype: ONNX element type name (``FLOAT``, ``FLOAT16`` ...).
-        uses: Every node that reads the tensor.
-        axis: The axis the groups of 4 run along, when one was found.
+        uses: Every MatMul/Gemm weight slot it reaches.
+        axis: The axis the groups of 4 run along, when the uses agree on one.
         status: ``candidate``, ``pruned`` or ``skipped``.
         reason: Why it was skipped (empty otherwise).
         metrics: Pruning quality, once pruned.
+        deliberate: Left dense on the user's request (``--exclude``), not for a
+            technical reason; recorded in the provenance so ``check`` accepts it.
     """
 
     name: str
-    value: ir.Value
+    source: InitializerSource | ConstantNodeSource
     graph: str
     shape: tuple[int, ...]
     dtype: str
@@ -95,60 +170,161 @@ class WeightRecord:
     status: str = Status.CANDIDATE
     reason: str = ""
     metrics: PruneMetrics | None = None
+    deliberate: bool = False
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, *, deliberate: bool = False) -> None:
         """Mark the weight as not to be pruned, for ``reason`` (one line)."""
         self.status = Status.SKIPPED
         self.reason = reason
+        self.deliberate = deliberate
 
     @property
     def op_types(self) -> str:
         """The consuming op types, e.g. ``MatMul`` or ``Gemm+MatMul``."""
-        return "+".join(sorted({use.op_type for use in self.uses}))
+        return "+".join(sorted({use.op_type for use in self.uses})) or "-"
+
+
+def _is_default(node: ir.Node) -> bool:
+    return node.domain in _DEFAULT_DOMAINS
 
 
 def _is_constant(value: ir.Value | None) -> bool:
-    return value is not None and value.const_value is not None and not value.is_graph_input()
+    if value is None or value.is_graph_input():
+        return False
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
 
 
 def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[int | None, str]:
     """Axis along which input ``input_index`` of ``node`` must be 2:4, or why it has none.
 
     Returns:
-        ``(axis, "")`` for a weight slot, ``(None, reason)`` otherwise.  The
-        reason is empty when the input is simply not a weight slot (a bias, an
-        unrelated op).
+        ``(axis, "")`` for a weight slot, ``(None, reason)`` for a weight slot
+        that cannot be pruned, ``(None, "")`` when the input is no weight slot
+        at all (a bias, data, an unrelated op).
     """
-    if node.domain not in ("", "ai.onnx"):
+    if not _is_default(node) or node.op_type not in ("MatMul", "Gemm") or input_index not in (0, 1):
         return None, ""
     inputs = node.inputs
-    other_constant = input_index == 0 and len(inputs) > 1 and _is_constant(inputs[1])
-    if node.op_type == "MatMul" and input_index in (0, 1):
-        if input_index == 0 and other_constant:
-            return None, ""
+    if input_index == 0 and len(inputs) > 1 and _is_constant(inputs[1]):
+        return None, ""  # both operands constant: B is the weight, A is data
+    if node.op_type == "MatMul":
         if rank < 2:
             return None, f"{rank}-D MatMul operand is a vector, not a weight matrix"
         return (rank - 2 if input_index == 1 else rank - 1), ""
-    if node.op_type == "Gemm" and input_index in (0, 1):
-        if input_index == 0 and other_constant:
-            return None, ""
-        if rank != 2:
-            return None, f"Gemm operand has rank {rank}, expected 2"
-        if input_index == 0:
-            return (0 if node.attributes.get_int("transA", 0) else 1), ""
-        return (1 if node.attributes.get_int("transB", 0) else 0), ""
-    return None, ""
+    if rank != 2:
+        return None, f"Gemm operand has rank {rank}, expected 2"
+    if input_index == 0:
+        return (0 if node.attributes.get_int("transA", 0) else 1), ""
+    return (1 if node.attributes.get_int("transB", 0) else 0), ""
 
 
-def is_shape_only_use(node: ir.Node) -> bool:
-    """True for uses that read only the tensor's shape (``Shape``, ``Size``)."""
-    return node.domain in ("", "ai.onnx") and node.op_type in _SHAPE_ONLY_OPS
+@dataclass
+class Trace:
+    """Where a tensor's values go: the weight slots, and every other kind of use.
+
+    Attributes:
+        uses: MatMul/Gemm weight slots reached, with the axis in the tensor's own axes.
+        problems: Weight slots reached that cannot be pruned (a 1-D operand ...).
+        others: Uses that would see changed values (another op, a graph output).
+        quantized: Descriptions of integer ops and dequantizing paths reached.
+    """
+
+    uses: list[WeightUse] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
+    quantized: list[str] = field(default_factory=list)
 
 
-def weight_records(model: ir.Model) -> Iterator[WeightRecord]:
-    """The records attached by the finding pass, in graph and initializer order."""
+def trace_uses(
+    value: ir.Value,
+    rank: int,
+    functions: dict[tuple[str, str, str], ir.Function],
+    *,
+    integer: bool = False,
+) -> Trace:
+    """Follow ``value`` to the ops that read it (see the module docstring).
+
+    Args:
+        value: The tensor's IR value.
+        rank: The tensor's rank.
+        functions: The model's local functions, by ``(domain, name, overload)``.
+        integer: The tensor holds integers; dequantizing ops are then followed
+            so that a quantized weight is recognised as one.
+    """
+    trace = Trace()
+    _trace(value, list(range(rank)), (), functions, integer, trace, 0)
+    return trace
+
+
+def _trace(value, mapping, via, functions, integer, trace, depth) -> None:
+    if value.is_graph_output():
+        graph = value.graph.name if value.graph is not None else ""
+        trace.others.append(f"is also output '{value.name}' of graph '{graph}', which pruning would change")
+    if depth > _MAX_DEPTH:
+        trace.others.append(f"is used more than {_MAX_DEPTH} ops deep (behind '{value.name}'); not followed")
+        return
+    for node, index in value.uses():
+        label = f"{node.op_type} '{node.name or ''}'"
+        if _is_default(node) and node.op_type in _INTEGER_OPS:
+            if index in _INTEGER_OPS[node.op_type]:
+                trace.quantized.append(f"input of the integer op {label}")
+            else:
+                trace.others.append(_other(label, index))
+            continue
+        if _is_default(node) and node.op_type in _AXIS_KEEPING_OPS and index == 0:
+            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, integer, trace, depth + 1)
+            continue
+        if _is_default(node) and node.op_type == "Transpose":
+            perm = node.attributes.get_ints("perm", None) or list(range(len(mapping)))[::-1]
+            moved = [mapping[p] for p in perm]
+            _trace(node.outputs[0], moved, (*via, "Transpose"), functions, integer, trace, depth + 1)
+            continue
+        if integer and _is_default(node) and node.op_type in _DEQUANTIZE_OPS:
+            quantized = Trace()
+            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, False, quantized, depth + 1)
+            if quantized.uses or quantized.quantized:
+                trace.quantized.append(f"dequantized by {label}")
+            else:
+                trace.others.append(_other(label, index))
+            continue
+        function = functions.get((node.domain, node.op_type, node.overload or ""))
+        if function is not None and index < len(function.inputs):
+            step = f"function {node.domain}.{node.op_type}"
+            _trace(function.inputs[index], mapping, (*via, step), functions, integer, trace, depth + 1)
+            continue
+        axis, problem = slot_axis(node, index, len(mapping))
+        if axis is not None:
+            trace.uses.append(WeightUse(node.name or "", node.op_type, index, mapping[axis], via))
+        elif problem:
+            trace.problems.append(problem)
+        elif not (_is_default(node) and node.op_type in _SHAPE_ONLY_OPS):
+            trace.others.append(_other(label, index))
+
+
+def _other(label: str, index: int) -> str:
+    return f"is also read by {label} (input {index}), whose result pruning would change"
+
+
+def data_problem(weights: np.ndarray) -> str | None:
+    """Why these values cannot be pruned (NaN or Inf), or None."""
+    is_float = weights.dtype.kind == "f" or weights.dtype.name == "bfloat16"
+    if is_float and not np.isfinite(weights).all():
+        return "contains NaN or Inf"
+    return None
+
+
+def all_graphs(model: ir.Model) -> Iterator[tuple[str, ir.Graph | ir.Function]]:
+    """Every graph of the model with a label: the main graph, subgraphs, local functions."""
     for graph in model.graphs():
-        for value in graph.initializers.values():
-            record = value.meta.get(META_KEY)
-            if record is not None:
-                yield record
+        yield graph.name or "", graph
+    for function in model.functions.values():
+        label = f"function {function.domain}.{function.name}"
+        yield label, function
+        for subgraph in function.subgraphs():
+            yield f"{label}/{subgraph.name or ''}", subgraph
+
+
+def weight_records(model: ir.Model) -> list[WeightRecord]:
+    """The records attached by the finding pass, in graph order (empty before it ran)."""
+    return model.meta.get(META_KEY, [])

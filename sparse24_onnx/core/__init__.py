@@ -7,6 +7,7 @@ from .matmul import sparse_matmul
 from .metrics import PruneMetrics, compute_metrics
 from .sparse24 import (
     Sparse24Tensor,
+    count_dense_groups,
     decompress,
     is_24,
     keep_mask,
@@ -20,6 +21,7 @@ __all__ = [
     "PruneMetrics",
     "Sparse24Tensor",
     "compute_metrics",
+    "count_dense_groups",
     "decompress",
     "is_24",
     "keep_mask",

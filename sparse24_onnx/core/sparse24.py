@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "Sparse24Tensor",
+    "count_dense_groups",
     "decompress",
     "is_24",
     "keep_mask",
@@ -331,8 +332,8 @@ def decompress(sparse: Sparse24Tensor) -> np.ndarray:
     return _ungroup(dense, sparse.shape, sparse.axis)
 
 
-def is_24(weights: np.ndarray, axis: int) -> bool:
-    """True when every group of 4 consecutive elements along ``axis`` has at least 2 zeros.
+def count_dense_groups(weights: np.ndarray, axis: int) -> int:
+    """Number of groups of 4 along ``axis`` with more than 2 non-zeros (0 for a 2:4 tensor).
 
     A partial group at the end of the axis counts its missing elements as zeros.
     ``-0.0`` is zero; NaN is not.
@@ -340,9 +341,17 @@ def is_24(weights: np.ndarray, axis: int) -> bool:
     weights = np.asarray(weights)
     axis = _normalize_axis(axis, weights.ndim)
     if weights.size == 0:
-        return True
+        return 0
     x = _group_view(weights, axis, 0)
     nonzero = (x[:, :, 0, :] != 0).view(np.uint8) + (x[:, :, 1, :] != 0).view(np.uint8)
     nonzero += (x[:, :, 2, :] != 0).view(np.uint8)
     nonzero += (x[:, :, 3, :] != 0).view(np.uint8)
-    return bool((nonzero <= KEEP).all())
+    return int(np.count_nonzero(nonzero > KEEP))
+
+
+def is_24(weights: np.ndarray, axis: int) -> bool:
+    """True when every group of 4 consecutive elements along ``axis`` has at least 2 zeros.
+
+    See :func:`count_dense_groups` for partial groups, ``-0.0`` and NaN.
+    """
+    return count_dense_groups(weights, axis) == 0

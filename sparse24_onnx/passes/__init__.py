@@ -7,7 +7,7 @@
 
 from .base import PassResult, Pipeline, PipelineResult
 from .find_weights import FindWeights
-from .provenance import PROVENANCE_KEY, RecordProvenance
+from .provenance import PROVENANCE_KEY, RecordProvenance, read_provenance
 from .prune_weights import PruneWeights
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "PipelineResult",
     "PruneWeights",
     "RecordProvenance",
+    "read_provenance",
 ]

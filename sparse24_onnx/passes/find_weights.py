@@ -6,14 +6,15 @@ import re
 
 import onnx_ir as ir
 
+from ..errors import BadInput
 from ..weights import (
     META_KEY,
     PRUNABLE_DTYPES,
-    Status,
+    ConstantNodeSource,
+    InitializerSource,
     WeightRecord,
-    WeightUse,
-    is_shape_only_use,
-    slot_axis,
+    all_graphs,
+    trace_uses,
 )
 from .base import InPlacePass, PassResult
 
@@ -21,78 +22,79 @@ __all__ = ["FindWeights"]
 
 
 class FindWeights(InPlacePass):
-    """Attach a :class:`WeightRecord` to every initializer used as a MatMul/Gemm weight.
+    """Record every constant tensor used as a MatMul/Gemm weight, and what to do with it.
 
-    A record ends up ``candidate`` (to be pruned along ``record.axis``) or
-    ``skipped`` with a one-line reason: excluded by name, not a float type, an
-    axis length that is not a multiple of 4, a graph input that can be
-    overridden, a graph output, consumers needing different axes, or a use that
-    would see its values change.  The model itself is not changed.
+    Looks at the initializers of every graph and subgraph and at ``Constant``
+    nodes everywhere (model-local functions included).  Each weight gets a
+    :class:`~sparse24_onnx.weights.WeightRecord`, ``candidate`` (to be pruned
+    along ``record.axis``) or ``skipped`` with a one-line reason.  The list is
+    stored in ``model.meta`` for the passes after this one; the model itself is
+    not changed.
 
     Args:
         exclude: Regular expressions; a weight whose name, or the name of a node
             using it, matches one (``re.search``) is skipped.
+
+    Raises:
+        BadInput: An ``exclude`` pattern is not a regular expression.
     """
 
     def __init__(self, exclude: list[str] | tuple[str, ...] = ()) -> None:
-        self.exclude = [re.compile(pattern) for pattern in exclude]
-        self._patterns = list(exclude)
+        self.exclude = []
+        for pattern in exclude:
+            try:
+                self.exclude.append((pattern, re.compile(pattern)))
+            except re.error as error:
+                raise BadInput(f"--exclude {pattern!r}: not a regular expression ({error})") from None
 
     def call(self, model: ir.Model) -> PassResult:
+        functions = dict(model.functions)
         records = []
-        for graph in model.graphs():
-            for value in graph.initializers.values():
-                record = self._examine(value, graph)
+        for label, graph in all_graphs(model):
+            sources = [InitializerSource(v) for v in getattr(graph, "initializers", {}).values()]
+            sources += [
+                ConstantNodeSource(node)
+                for node in graph
+                if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in node.attributes
+            ]
+            for source in sources:
+                record = self._examine(source, label, functions)
                 if record is not None:
-                    value.meta[META_KEY] = record
                     records.append(record)
-                else:
-                    value.meta.pop(META_KEY, None)
+        model.meta[META_KEY] = records
         return PassResult(model, modified=False, weights=records)
 
-    def _examine(self, value: ir.Value, graph: ir.Graph) -> WeightRecord | None:
-        tensor = value.const_value
+    def _examine(self, source, graph: str, functions) -> WeightRecord | None:
+        tensor = source.tensor
         if tensor is None:
             return None
-        rank = len(tensor.shape)
-        uses = []
-        other_uses = []
-        problems = []
-        for node, index in value.uses():
-            axis, problem = slot_axis(node, index, rank)
-            if axis is None and problem:
-                problems.append(problem)
-            if axis is None and not problem:
-                if not is_shape_only_use(node):
-                    other_uses.append((node, index))
-                continue
-            uses.append(WeightUse(node.name or "", node.op_type, index, axis))
-        if not uses and not problems:
-            return None  # not a weight: a bias, a shape, a table
+        value = source.value
+        integer = tensor.dtype.is_integer()
+        trace = trace_uses(value, len(tensor.shape), functions, integer=integer)
+        if not (trace.uses or trace.problems or trace.quantized):
+            return None  # not a weight: a bias, a shape, a lookup table
         record = WeightRecord(
-            name=value.name or "",
-            value=value,
-            graph=graph.name or "",
+            name=value.name or tensor.name or "",
+            source=source,
+            graph=graph,
             shape=tuple(int(d) for d in tensor.shape),
             dtype=tensor.dtype.name,
-            uses=uses,
+            uses=trace.uses,
         )
-        axes = sorted({use.axis for use in uses})
+        axes = sorted({use.axis for use in trace.uses})
         if len(axes) == 1:
             record.axis = axes[0]
-        record.status = Status.CANDIDATE
-        if problems:
-            record.skip(problems[0])
+        if trace.quantized:
+            record.skip(f"already quantized ({tensor.dtype.name}, {trace.quantized[0]}); left as it is")
+        elif trace.problems:
+            record.skip(trace.problems[0])
         elif len(axes) > 1:
-            detail = ", ".join(f"{u.op_type} '{u.node}' axis {u.axis}" for u in uses)
+            detail = ", ".join(f"{u.op_type} '{u.node}' axis {u.axis}" for u in trace.uses)
             record.skip(f"its consumers need different axes ({detail})")
-        elif other_uses:
-            node, index = other_uses[0]
-            record.skip(f"also read by {node.op_type} '{node.name}' (input {index}), whose result pruning would change")
         elif value.is_graph_input():
             record.skip("is also a graph input, so a caller can override it at run time")
-        elif value.is_graph_output():
-            record.skip("is also a graph output; pruning would change that output")
+        elif trace.others:
+            record.skip(trace.others[0])
         elif tensor.dtype not in PRUNABLE_DTYPES:
             record.skip(f"dtype {tensor.dtype.name} is not a float type (integer and quantized weights are left alone)")
         elif record.shape[record.axis] % 4:
@@ -100,12 +102,12 @@ class FindWeights(InPlacePass):
         else:
             pattern = self._excluded_by(record)
             if pattern is not None:
-                record.skip(f"excluded by --exclude '{pattern}'")
+                record.skip(f"excluded by --exclude '{pattern}'", deliberate=True)
         return record
 
     def _excluded_by(self, record: WeightRecord) -> str | None:
         names = [record.name] + [use.node for use in record.uses]
-        for regex, pattern in zip(self.exclude, self._patterns, strict=False):
+        for pattern, regex in self.exclude:
             if any(regex.search(name) for name in names):
                 return pattern
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import onnx_ir as ir
 
@@ -10,7 +11,7 @@ from .. import __version__
 from ..weights import Status, weight_records
 from .base import InPlacePass, PassResult
 
-__all__ = ["PROVENANCE_KEY", "RecordProvenance"]
+__all__ = ["PROVENANCE_KEY", "RecordProvenance", "read_provenance"]
 
 #: Key of the provenance entry in the model's ``metadata_props``.
 PROVENANCE_KEY = "sparse24"
@@ -19,11 +20,13 @@ PROVENANCE_KEY = "sparse24"
 class RecordProvenance(InPlacePass):
     """Write a ``sparse24`` JSON entry into the model's ``metadata_props``.
 
-    The entry holds the tool and version, the method, the storage format and,
-    for every pruned tensor, the axis its groups of 4 run along::
+    The entry holds the tool and version, the method, the storage format, for
+    every pruned tensor the axis its groups of 4 run along, and the weights left
+    dense on purpose (``--exclude``) with the reason, which ``check`` accepts::
 
         {"tool": "sparse24-onnx", "version": "0.1.0", "method": "magnitude",
-         "format": "dense", "tensors": {"fc1.weight": {"axis": 0}}}
+         "format": "dense", "tensors": {"fc1.weight": {"axis": 0}},
+         "dense": {"lm_head.weight": "excluded by --exclude 'lm_head'"}}
     """
 
     def __init__(self, method: str, storage_format: str = "dense") -> None:
@@ -31,13 +34,27 @@ class RecordProvenance(InPlacePass):
         self.storage_format = storage_format
 
     def call(self, model: ir.Model) -> PassResult:
-        pruned = [r for r in weight_records(model) if r.status == Status.PRUNED]
+        records = weight_records(model)
+        pruned = [r for r in records if r.status == Status.PRUNED]
         entry = {
             "tool": "sparse24-onnx",
             "version": __version__,
             "method": self.method,
             "format": self.storage_format,
             "tensors": {r.name: {"axis": r.axis} for r in pruned},
+            "dense": {r.name: r.reason for r in records if r.deliberate},
         }
         model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
         return PassResult(model, modified=True, weights=pruned)
+
+
+def read_provenance(model: ir.Model) -> dict[str, Any]:
+    """The ``sparse24`` entry of a model's metadata_props, or ``{}`` when absent or unreadable."""
+    text = model.metadata_props.get(PROVENANCE_KEY)
+    if not text:
+        return {}
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}

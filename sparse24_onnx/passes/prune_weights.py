@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import onnx_ir as ir
 
 from ..core import compute_metrics, decompress
 from ..methods import PruneMethod
-from ..weights import Status, WeightRecord, weight_records
+from ..weights import Status, WeightRecord, data_problem, weight_records
 from .base import InPlacePass, PassResult
 
 __all__ = ["PruneWeights"]
@@ -43,21 +42,24 @@ class PruneWeights(InPlacePass):
         return PassResult(model, modified=bool(todo), weights=todo)
 
     def _prune(self, record: WeightRecord) -> None:
-        tensor = record.value.const_value
+        tensor = record.source.tensor
         weights = tensor.numpy()
-        if not np.isfinite(weights).all():
-            record.skip("contains NaN or Inf")
+        problem = data_problem(weights)
+        if problem:
+            record.skip(problem)
             return
         sparse = self.method.prune(record, weights)
         if isinstance(sparse, str):
             record.skip(sparse)
             return
         record.metrics = compute_metrics(weights, sparse)
-        record.value.const_value = ir.Tensor(
-            decompress(sparse),
-            dtype=tensor.dtype,
-            name=tensor.name,
-            doc_string=tensor.doc_string,
-            metadata_props=dict(tensor.metadata_props),
+        record.source.replace(
+            ir.Tensor(
+                decompress(sparse),
+                dtype=tensor.dtype,
+                name=tensor.name,
+                doc_string=tensor.doc_string,
+                metadata_props=dict(tensor.metadata_props),
+            )
         )
         record.status = Status.PRUNED

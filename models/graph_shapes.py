@@ -1,0 +1,377 @@
+"""Test models with the graph shapes real exporters produce (issue 3).
+
+* ``constant_nodes.onnx``: weights in ``Constant`` nodes (Paddle style), one feeding two MatMuls.
+* ``subgraphs.onnx``: MatMuls inside If branches and a Loop body, nested, using a branch
+  initializer, a branch Constant and an initializer of the outer graph.
+* ``function.onnx``: a model-local function with a Constant weight inside its body, and a
+  function whose weight is passed in by the caller as an initializer.
+* ``cast_transpose.onnx``: fp32 weight -> Cast(fp16) -> MatMul; weight -> Transpose -> MatMul;
+  weight -> Transpose -> Gemm(transB=1).
+* ``quantized.onnx``: int8 weight -> DequantizeLinear -> MatMul; int8 -> Cast -> Mul(scale) ->
+  MatMul; MatMulInteger.
+* ``shared_gemm.onnx``: one initializer feeding 12 Gemm nodes (like an unrolled LSTM cell).
+* ``both_constant.onnx``: MatMul whose A and B are both initializers.
+* ``opset7.onnx``: MatMul and Gemm (C required) at opset 7, IR version 4.
+* ``ir3.onnx``: the same at IR version 3, where every initializer is also a graph input.
+* ``odd_shapes.onnx``: a declared output shape that is wrong, no value_info, an output without sizes.
+* ``nan_weights.onnx``: one weight with NaN, one with Inf, one clean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+F = TensorProto.FLOAT
+
+
+def _w(rng, shape, dtype=np.float32):
+    return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(dtype)
+
+
+def _const(name: str, array: np.ndarray, node_name: str | None = None) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], name=node_name or f"/{name}/Constant", value=numpy_helper.from_array(array, name)
+    )
+
+
+def _finish(graph, opset=17, ir_version=8, extra_opsets=(), functions=()) -> onnx.ModelProto:
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), *extra_opsets],
+        functions=list(functions),
+    )
+    model.ir_version = ir_version
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def constant_nodes(seed: int = 10) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nodes = [
+        _const("w0", _w(rng, (32, 64))),
+        _const("w1", _w(rng, (48, 64))),  # Gemm transB=1: [N, K] -> axis 1
+        _const("w2", _w(rng, (48, 48))),  # used by two MatMuls
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name="/l0/MatMul"),
+        helper.make_node("Relu", ["h0"], ["r0"], name="/l0/Relu"),
+        helper.make_node("Gemm", ["r0", "w1"], ["h1"], name="/l1/Gemm", transB=1),
+        helper.make_node("MatMul", ["h1", "w2"], ["h2"], name="/l2a/MatMul"),
+        helper.make_node("MatMul", ["h2", "w2"], ["y"], name="/l2b/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant_nodes",
+        [helper.make_tensor_value_info("x", F, ["batch", 32])],
+        [helper.make_tensor_value_info("y", F, ["batch", 48])],
+    )
+    return _finish(graph)
+
+
+def subgraphs(seed: int = 11) -> onnx.ModelProto:
+    """If(cond) { then: x @ outer_w @ then_w ; else: x @ else_const } then Loop 2x { h @ loop_w } with a nested If."""
+    rng = np.random.default_rng(seed)
+    outer_w = numpy_helper.from_array(_w(rng, (16, 16)), "outer.weight")
+    then_branch = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "outer.weight"], ["t0"], name="/then/outer/MatMul"),
+            helper.make_node("MatMul", ["t0", "then.weight"], ["t_out"], name="/then/MatMul"),
+        ],
+        "then_branch",
+        [],
+        [helper.make_tensor_value_info("t_out", F, ["batch", 16])],
+        [numpy_helper.from_array(_w(rng, (16, 16)), "then.weight")],
+    )
+    else_branch = helper.make_graph(
+        [
+            _const("else.weight", _w(rng, (16, 16))),
+            helper.make_node("MatMul", ["x", "else.weight"], ["e_out"], name="/else/MatMul"),
+        ],
+        "else_branch",
+        [],
+        [helper.make_tensor_value_info("e_out", F, ["batch", 16])],
+    )
+    nested_then = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "nested.weight"], ["n_out"], name="/loop/nested/MatMul")],
+        "nested_then",
+        [],
+        [helper.make_tensor_value_info("n_out", F, ["batch", 16])],
+        [numpy_helper.from_array(_w(rng, (16, 16)), "nested.weight")],
+    )
+    nested_else = helper.make_graph(
+        [helper.make_node("Identity", ["h_in"], ["n_id"], name="/loop/nested/Identity")],
+        "nested_else",
+        [],
+        [helper.make_tensor_value_info("n_id", F, ["batch", 16])],
+    )
+    loop_body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "loop.weight"], ["l0"], name="/loop/MatMul"),
+            helper.make_node("If", ["cond"], ["l1"], name="/loop/If", then_branch=nested_then, else_branch=nested_else),
+            helper.make_node("Add", ["l0", "l1"], ["h_out"], name="/loop/Add"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", F, ["batch", 16]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", F, ["batch", 16]),
+        ],
+        [numpy_helper.from_array(_w(rng, (16, 16)), "loop.weight")],
+    )
+    nodes = [
+        helper.make_node("If", ["cond"], ["branch"], name="/If", then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Loop", ["trips", "", "branch"], ["y"], name="/Loop", body=loop_body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "subgraphs",
+        [
+            helper.make_tensor_value_info("x", F, ["batch", 16]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", F, ["batch", 16])],
+        [outer_w, numpy_helper.from_array(np.array(2, np.int64), "trips")],
+    )
+    return _finish(graph)
+
+
+def function(seed: int = 12) -> onnx.ModelProto:
+    """local.Dense(X, W) = X @ W with W from the caller; local.Fixed(X) = X @ Constant."""
+    rng = np.random.default_rng(seed)
+    dense = helper.make_function(
+        "local",
+        "Dense",
+        ["X", "W"],
+        ["Y"],
+        [helper.make_node("MatMul", ["X", "W"], ["Y"], name="/Dense/MatMul")],
+        [helper.make_opsetid("", 17)],
+    )
+    fixed = helper.make_function(
+        "local",
+        "Fixed",
+        ["X"],
+        ["Y"],
+        [
+            _const("fixed.weight", _w(rng, (32, 32)), "/Fixed/Constant"),
+            helper.make_node("MatMul", ["X", "fixed.weight"], ["Y"], name="/Fixed/MatMul"),
+        ],
+        [helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Dense", ["x", "dense.weight"], ["h"], name="/call/Dense", domain="local"),
+            helper.make_node("Fixed", ["h"], ["y"], name="/call/Fixed", domain="local"),
+        ],
+        "function",
+        [helper.make_tensor_value_info("x", F, ["batch", 32])],
+        [helper.make_tensor_value_info("y", F, ["batch", 32])],
+        [numpy_helper.from_array(_w(rng, (32, 32)), "dense.weight")],
+    )
+    return _finish(graph, extra_opsets=[helper.make_opsetid("local", 1)], functions=[dense, fixed])
+
+
+def cast_transpose(seed: int = 13) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_w(rng, (32, 32)), "cast.weight"),  # Cast to fp16, MatMul B: axis 0
+        numpy_helper.from_array(_w(rng, (24, 32)), "t.weight"),  # Transpose -> [32, 24] MatMul B: axis perm[0] = 1
+        numpy_helper.from_array(_w(rng, (32, 40)), "tg.weight"),  # Transpose -> [40, 32] Gemm transB=1: axis 0
+    ]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16, name="/x/Cast"),
+        helper.make_node("Cast", ["cast.weight"], ["cast.weight16"], to=TensorProto.FLOAT16, name="/w/Cast"),
+        helper.make_node("MatMul", ["x16", "cast.weight16"], ["h16"], name="/cast/MatMul"),
+        helper.make_node("Cast", ["h16"], ["h"], to=F, name="/h/Cast"),
+        helper.make_node("Transpose", ["t.weight"], ["t.weight.T"], perm=[1, 0], name="/t/Transpose"),
+        helper.make_node("MatMul", ["h", "t.weight.T"], ["h2"], name="/t/MatMul"),  # [b,32]@[32,24]
+        helper.make_node("Pad", ["h2", "pads"], ["h3"], name="/pad"),  # [b, 32]
+        helper.make_node("Transpose", ["tg.weight"], ["tg.weight.T"], name="/tg/Transpose"),  # default: reverse
+        helper.make_node("Gemm", ["h3", "tg.weight.T"], ["y"], transB=1, name="/tg/Gemm"),  # [b,32]@[32,40]
+    ]
+    inits.append(numpy_helper.from_array(np.array([0, 0, 0, 8], np.int64), "pads"))
+    graph = helper.make_graph(
+        nodes,
+        "cast_transpose",
+        [helper.make_tensor_value_info("x", F, ["batch", 32])],
+        [helper.make_tensor_value_info("y", F, ["batch", 40])],
+        inits,
+    )
+    return _finish(graph)
+
+
+def quantized(seed: int = 14) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    q = lambda shape: rng.integers(-100, 100, shape).astype(np.int8)  # noqa: E731
+    inits = [
+        numpy_helper.from_array(q((16, 16)), "dq.weight"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "dq.scale"),
+        numpy_helper.from_array(q((16, 16)), "cm.weight"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "cm.scale"),
+        numpy_helper.from_array(q((16, 16)), "mmi.weight"),
+        numpy_helper.from_array(_w(rng, (16, 16)), "float.weight"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["dq.weight", "dq.scale"], ["dq.w"], name="/dq/DequantizeLinear"),
+        helper.make_node("MatMul", ["x", "dq.w"], ["a"], name="/dq/MatMul"),
+        helper.make_node("Cast", ["cm.weight"], ["cm.wf"], to=F, name="/cm/Cast"),
+        helper.make_node("Mul", ["cm.wf", "cm.scale"], ["cm.w"], name="/cm/Mul"),
+        helper.make_node("MatMul", ["a", "cm.w"], ["b"], name="/cm/MatMul"),
+        helper.make_node("MatMulInteger", ["xq", "mmi.weight"], ["c"], name="/mmi/MatMulInteger"),
+        helper.make_node("MatMul", ["b", "float.weight"], ["y"], name="/float/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quantized",
+        [
+            helper.make_tensor_value_info("x", F, ["batch", 16]),
+            helper.make_tensor_value_info("xq", TensorProto.INT8, [2, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("y", F, ["batch", 16]),
+            helper.make_tensor_value_info("c", TensorProto.INT32, [2, 16]),
+        ],
+        inits,
+    )
+    return _finish(graph)
+
+
+def shared_gemm(seed: int = 15, steps: int = 12) -> onnx.ModelProto:
+    """h_{t+1} = tanh(Gemm(h_t, W, transB=1) + Gemm(x_t, U, transB=1)): W and U feed 12 Gemms each."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_w(rng, (32, 32)), "cell.weight_hh"),
+        numpy_helper.from_array(_w(rng, (32, 16)), "cell.weight_ih"),
+    ]
+    nodes = [
+        helper.make_node("Split", ["x"], [f"x{t}" for t in range(steps)], axis=0, num_outputs=steps, name="/split")
+    ]
+    h = "h0"
+    for t in range(steps):
+        nodes += [
+            helper.make_node("Gemm", [h, "cell.weight_hh"], [f"hh{t}"], transB=1, name=f"/step{t}/hh"),
+            helper.make_node("Gemm", [f"x{t}", "cell.weight_ih"], [f"ih{t}"], transB=1, name=f"/step{t}/ih"),
+            helper.make_node("Add", [f"hh{t}", f"ih{t}"], [f"s{t}"], name=f"/step{t}/add"),
+            helper.make_node("Tanh", [f"s{t}"], [f"h{t + 1}"], name=f"/step{t}/tanh"),
+        ]
+        h = f"h{t + 1}"
+    nodes.append(helper.make_node("Identity", [h], ["y"], name="/out"))
+    graph = helper.make_graph(
+        nodes,
+        "shared_gemm",
+        [helper.make_tensor_value_info("x", F, [steps, 16]), helper.make_tensor_value_info("h0", F, [1, 32])],
+        [helper.make_tensor_value_info("y", F, [1, 32])],
+        inits,
+    )
+    return _finish(graph, opset=18)
+
+
+def both_constant(seed: int = 16) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["a.const", "b.weight"], ["c"], name="/const/MatMul"),
+            helper.make_node("MatMul", ["x", "c"], ["y"], name="/x/MatMul"),
+        ],
+        "both_constant",
+        [helper.make_tensor_value_info("x", F, ["batch", 16])],
+        [helper.make_tensor_value_info("y", F, ["batch", 16])],
+        [numpy_helper.from_array(_w(rng, (16, 32)), "a.const"), numpy_helper.from_array(_w(rng, (32, 16)), "b.weight")],
+    )
+    return _finish(graph)
+
+
+def opset7(seed: int = 17) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"], name="/mm"),
+            helper.make_node("Gemm", ["h", "w1", "b1"], ["y"], transB=1, name="/gemm"),
+        ],
+        "opset7",
+        [helper.make_tensor_value_info("x", F, [2, 16])],
+        [helper.make_tensor_value_info("y", F, [2, 8])],
+        [
+            numpy_helper.from_array(_w(rng, (16, 32)), "w0"),
+            numpy_helper.from_array(_w(rng, (8, 32)), "w1"),
+            numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 4  # the first IR version that lets initializers be something else than inputs
+    onnx.checker.check_model(model)
+    return model
+
+
+def ir3(seed: int = 20) -> onnx.ModelProto:
+    """IR version 3: every initializer is also a graph input, so a caller may override it."""
+    model = opset7(seed)
+    graph = model.graph
+    for tensor in graph.initializer:
+        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    return model
+
+
+def odd_shapes(seed: int = 18) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="/mm"),
+            helper.make_node("Relu", ["y"], ["z"], name="/relu"),
+        ],
+        "odd_shapes",
+        [helper.make_tensor_value_info("x", F, [2, 16])],
+        [
+            helper.make_tensor_value_info("y", F, [7, 3]),  # wrong: the product is [2, 8]
+            helper.make_tensor_value_info("z", F, [None, None]),  # dimensions without sizes
+        ],
+        [numpy_helper.from_array(_w(rng, (16, 8)), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model  # the checker accepts it; the wrong shape only shows at run time
+
+
+def nan_weights(seed: int = 19) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nan_w = _w(rng, (16, 16))
+    nan_w[3, 3] = np.nan
+    inf_w = _w(rng, (16, 16))
+    inf_w[0, 5] = -np.inf
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "nan.weight"], ["a"], name="/nan"),
+            helper.make_node("MatMul", ["x", "inf.weight"], ["b"], name="/inf"),
+            helper.make_node("MatMul", ["x", "clean.weight"], ["c"], name="/clean"),
+        ],
+        "nan_weights",
+        [helper.make_tensor_value_info("x", F, [2, 16])],
+        [helper.make_tensor_value_info(n, F, [2, 16]) for n in "abc"],
+        [
+            numpy_helper.from_array(nan_w, "nan.weight"),
+            numpy_helper.from_array(inf_w, "inf.weight"),
+            numpy_helper.from_array(_w(rng, (16, 16)), "clean.weight"),
+        ],
+    )
+    return _finish(graph)
+
+
+MODELS = {
+    "constant_nodes.onnx": constant_nodes,
+    "subgraphs.onnx": subgraphs,
+    "function.onnx": function,
+    "cast_transpose.onnx": cast_transpose,
+    "quantized.onnx": quantized,
+    "shared_gemm.onnx": shared_gemm,
+    "both_constant.onnx": both_constant,
+    "opset7.onnx": opset7,
+    "ir3.onnx": ir3,
+    "odd_shapes.onnx": odd_shapes,
+    "nan_weights.onnx": nan_weights,
+}

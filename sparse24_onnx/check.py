@@ -1,0 +1,121 @@
+"""``python -m sparse24_onnx.check MODEL``: is every eligible weight 2:4 along its axis?
+
+The gate a CI pipeline runs on a converted model.  It finds weights with the
+same rules as ``optimize`` (same axes, same skip reasons) and checks each one.
+Weights that ``optimize`` left dense on purpose (``--exclude``, recorded in the
+model's ``sparse24`` metadata) are accepted unless ``--strict``.
+
+Exit codes: 0 every eligible weight is 2:4; 1 some are not; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import __version__
+from .cli import ArgumentParser, run_main
+from .core import count_dense_groups
+from .errors import ExitCode
+from .model_io import load_model
+from .passes import FindWeights, read_provenance
+from .report import check_report_path, format_table, tensor_entry, write_json
+from .weights import Status, WeightRecord, data_problem
+
+PROG = "sparse24_onnx.check"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=f"python -m {PROG}",
+        description="Check that every MatMul/Gemm weight of an ONNX model that can be 2:4 sparse is.",
+        epilog="Exit codes: 0 every eligible weight is 2:4; 1 some are not; 2 bad input or usage.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="the ONNX model to check")
+    parser.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        action="append",
+        default=[],
+        help="do not require 2:4 of weights whose name, or the name of a node using them, matches (repeatable)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="also require 2:4 of the weights the model's sparse24 metadata says were left dense on purpose",
+    )
+    parser.add_argument("--report", metavar="PATH.json", help="write a JSON report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--version", action="version", version=f"sparse24-onnx {__version__}")
+    return parser
+
+
+def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -> None:
+    """Set each candidate's status to 2:4 or not 2:4 (with the share of dense groups), in place."""
+    for record in records:
+        if record.status != Status.CANDIDATE:
+            continue
+        weights = record.source.tensor.numpy()
+        problem = data_problem(weights)
+        if problem:
+            record.skip(problem)
+            continue
+        dense = count_dense_groups(weights, record.axis)
+        if dense == 0:
+            record.status = Status.SPARSE
+            continue
+        if record.name in intended_dense:
+            record.skip(f"left dense on purpose by optimize ({intended_dense[record.name]})", deliberate=True)
+            continue
+        groups = weights.size // 4
+        record.status = Status.NOT_SPARSE
+        record.reason = f"{dense} of {groups} groups of 4 ({100 * dense / groups:.1f}%) have more than 2 non-zeros"
+
+
+def _run(args) -> int:
+    find = FindWeights(args.exclude)
+    check_report_path(args.report)
+    model = load_model(args.model)
+    records = find(model).weights
+    intended = {} if args.strict else read_provenance(model).get("dense", {})
+    check_records(records, intended if isinstance(intended, dict) else {})
+
+    failing = [r for r in records if r.status == Status.NOT_SPARSE]
+    sparse = [r for r in records if r.status == Status.SPARSE]
+    exit_code = ExitCode.FAILED_CHECK if failing else ExitCode.OK
+    if args.report:
+        write_json(
+            args.report,
+            {
+                "command": "check",
+                "model": str(args.model),
+                "summary": {
+                    "weights_found": len(records),
+                    "sparse": len(sparse),
+                    "not_sparse": len(failing),
+                    "skipped": len(records) - len(sparse) - len(failing),
+                },
+                "tensors": [tensor_entry(r) for r in records],
+                "exit_code": int(exit_code),
+            },
+        )
+    if not args.quiet:
+        if records:
+            print(format_table(records, None))
+            print()
+        if not records:
+            print("no MatMul/Gemm weight held as a constant: nothing to check")
+        elif failing:
+            print(f"FAIL: {len(failing)} of {len(failing) + len(sparse)} eligible weights are not 2:4")
+        else:
+            print(f"OK: all {len(sparse)} eligible weights are 2:4 ({len(records) - len(sparse)} skipped)")
+    return int(exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
