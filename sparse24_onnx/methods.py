@@ -1,9 +1,8 @@
 """Pruning methods: how the importance of each weight element is scored.
 
-A method turns one weight tensor into a :class:`~sparse24_onnx.core.Sparse24Tensor`
-(or says why it cannot), so the prune pass does not care which rule chose the
-kept elements.  New methods (activation-aware, Hessian-based) implement the same
-two members.
+A method turns one weight tensor into its dense 2:4-pruned version (or says why
+it cannot), so the prune pass does not care which rule chose the kept elements.
+New methods (activation-aware, Hessian-based) implement the same two members.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .core import Sparse24Tensor, prune_24_gradient, prune_24_magnitude
+from .core import gradient_importance, prune_24_dense
 from .errors import BadInput
 from .weights import WeightRecord
 
@@ -27,8 +26,8 @@ class PruneMethod(Protocol):
     #: Name recorded in the report and the model's provenance.
     name: str
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
-        """Prune ``weights`` along ``record.axis``; a string is the reason to skip it."""
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
+        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it."""
         ...
 
 
@@ -37,8 +36,8 @@ class MagnitudeMethod:
 
     name = "magnitude"
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
-        return prune_24_magnitude(weights, record.axis)
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
+        return prune_24_dense(weights, record.axis)
 
 
 class GradientMethod:
@@ -54,7 +53,7 @@ class GradientMethod:
     def __init__(self, gradients: Mapping[str, np.ndarray]) -> None:
         self.gradients = gradients
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> Sparse24Tensor | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
         if record.name not in self.gradients:
             return "no gradient for this tensor in --gradients"
         gradient = np.asarray(self.gradients[record.name])
@@ -62,7 +61,7 @@ class GradientMethod:
             raise BadInput(f"--gradients: '{record.name}' has shape {gradient.shape}, the weight has {weights.shape}")
         if not np.isfinite(gradient).all():
             return "its gradient contains NaN or Inf"
-        return prune_24_gradient(weights, gradient, record.axis)
+        return prune_24_dense(weights, record.axis, gradient_importance(weights, gradient))
 
 
 def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:

@@ -13,10 +13,14 @@ from sparse24_onnx.core import (
     PruneMetrics,
     Sparse24Tensor,
     compute_metrics,
+    compute_metrics_dense,
+    count_dense_groups,
     decompress,
+    gradient_importance,
     is_24,
     keep_mask,
     prune_24,
+    prune_24_dense,
     prune_24_gradient,
     prune_24_magnitude,
     sparse_matmul,
@@ -235,4 +239,51 @@ def test_core_imports_numpy_only():
             else:
                 continue
             for name in names:
-                assert name.split(".")[0] in {"numpy", "__future__", "dataclasses", "functools"}, (path, name)
+                assert name.split(".")[0] in {
+                    "numpy",
+                    "__future__",
+                    "dataclasses",
+                    "functools",
+                    "collections",
+                    "typing",
+                }, (
+                    path,
+                    name,
+                )
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights_and_axis(small_values=False), st.booleans(), st.integers(0, 2**32 - 1))
+def test_dense_route_equals_compressed_route(case, by_gradient, seed):
+    weights, axis = case
+    importance = None
+    if by_gradient:
+        gradients = np.random.default_rng(seed).standard_normal(weights.shape).astype(np.float32)
+        importance = gradient_importance(weights, gradients)
+    dense = prune_24_dense(weights, axis, importance)
+    expected = decompress(prune_24(weights, importance, axis))
+    assert dense.dtype == weights.dtype
+    assert dense.tobytes() == expected.tobytes()  # bit for bit: pruned elements are +0
+    if weights.shape[axis] % 4 == 0 and importance is None:
+        fast = compute_metrics_dense(weights, dense, axis)
+        slow = compute_metrics(weights, prune_24_magnitude(weights, axis))
+        assert fast.pruned_count == slow.pruned_count
+        assert fast.total_count == slow.total_count
+        for name in ("approximation_error", "kept_magnitude_mean", "pruned_magnitude_mean"):
+            assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-5, abs=1e-12), name
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((5, 70000), 1), ((8, 50000), 0), ((4, 3, 40000), 1)])
+def test_many_chunks_give_the_same_result(shape, axis):
+    # Shapes that span several chunks of the chunked engine, with odd chunk remainders.
+    weights = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    dense = prune_24_dense(weights, axis)
+    assert count_dense_groups(dense, axis) == 0
+    assert reference_keep(weights, axis).tolist() == (dense != 0).tolist()
+    np.testing.assert_array_equal(decompress(prune_24_magnitude(weights, axis)), dense)
+
+
+def test_pruned_zeros_are_positive_zeros():
+    weights = np.array([-1.0, -2.0, -3.0, -4.0], np.float32)
+    for dense in (prune_24_dense(weights, 0), decompress(prune_24_magnitude(weights, 0))):
+        assert dense.view(np.uint32).tolist()[:2] == [0, 0]

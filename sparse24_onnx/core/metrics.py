@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sparse24 import Sparse24Tensor, decompress, keep_mask
+from .sparse24 import GROUP, Sparse24Tensor, _is_float, _normalize_axis, decompress, keep_mask
 
-__all__ = ["PruneMetrics", "compute_metrics"]
+__all__ = ["PruneMetrics", "compute_metrics", "compute_metrics_dense"]
+
+#: Elements per chunk in :func:`compute_metrics_dense`.
+_CHUNK = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -62,4 +65,51 @@ def compute_metrics(original: np.ndarray, sparse: Sparse24Tensor) -> PruneMetric
         approximation_error=float(error.mean()),
         kept_magnitude_mean=kept_sum / kept_count if kept_count else 0.0,
         pruned_magnitude_mean=max(pruned_sum, 0.0) / pruned_count if pruned_count else 0.0,
+    )
+
+
+def compute_metrics_dense(original: np.ndarray, pruned: np.ndarray, axis: int) -> PruneMetrics:
+    """:func:`compute_metrics` for a dense pruned tensor (from :func:`prune_24_dense`).
+
+    2:4 pruning zeroes exactly 2 of every 4 positions, so ``pruned_count`` is half
+    the elements; a position counts as kept where ``pruned`` is non-zero.  For
+    methods that keep the kept values as they were (magnitude, gradient,
+    Wanda) the figures equal those of :func:`compute_metrics` on the compressed
+    form; for a method that updates them, a kept value updated to exactly 0
+    would count as pruned.  Works in chunks in float32 (float64 for float64
+    weights), accumulated in float64.
+
+    Raises:
+        ValueError: The shapes differ, or ``shape[axis]`` is not a multiple of 4.
+    """
+    original = np.asarray(original)
+    pruned = np.asarray(pruned)
+    if original.shape != pruned.shape:
+        raise ValueError(f"original has shape {original.shape}, pruned {pruned.shape}")
+    axis = _normalize_axis(axis, original.ndim)
+    if original.shape[axis] % GROUP:
+        raise ValueError("compute_metrics_dense needs an axis length that is a multiple of 4")
+    total = original.size
+    if total == 0:
+        return PruneMetrics(0, 0, 0.0, 0.0, 0.0)
+    compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
+    flat_original, flat_pruned = original.reshape(-1), pruned.reshape(-1)
+    total_sum = kept_sum = error_sum = 0.0
+    for start in range(0, total, _CHUNK):
+        a = flat_original[start : start + _CHUNK]
+        d = flat_pruned[start : start + _CHUNK]
+        a = a.astype(compute) if not (_is_float(a.dtype) and a.dtype == compute) else a
+        d = d.astype(compute) if not (_is_float(d.dtype) and d.dtype == compute) else d
+        magnitude = np.abs(a)
+        total_sum += float(np.add.reduce(magnitude, dtype=np.float64))
+        kept_sum += float(np.add.reduce(magnitude * (d != 0), dtype=np.float64))
+        error_sum += float(np.add.reduce(np.abs(a - d), dtype=np.float64))
+    pruned_count = total // 2
+    pruned_sum = max(total_sum - kept_sum, 0.0)
+    return PruneMetrics(
+        pruned_count=pruned_count,
+        total_count=total,
+        approximation_error=error_sum / total,
+        kept_magnitude_mean=kept_sum / (total - pruned_count),
+        pruned_magnitude_mean=pruned_sum / pruned_count,
     )

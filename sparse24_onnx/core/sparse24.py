@@ -32,6 +32,7 @@ Compressed layout (:class:`Sparse24Tensor`)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -41,6 +42,7 @@ __all__ = [
     "Sparse24Tensor",
     "count_dense_groups",
     "decompress",
+    "gradient_importance",
     "is_24",
     "keep_mask",
     "magnitude_key",
@@ -52,14 +54,10 @@ __all__ = [
 GROUP = 4
 KEEP = 2
 
-# 4-bit keep mask (bit q set when position q is kept) -> code p0 | p1 << 2.
-# Only the six masks with exactly two bits set occur.
-_MASK_TO_CODE = np.zeros(16, dtype=np.uint8)
-# code -> 4-bit keep mask, the inverse of the table above (0 for invalid codes).
+# code p0 | p1 << 2 -> 4-bit keep mask (bit q set when position q is kept); 0 for invalid codes.
 _CODE_TO_MASK = np.zeros(16, dtype=np.uint8)
 for _p0 in range(GROUP):
     for _p1 in range(_p0 + 1, GROUP):
-        _MASK_TO_CODE[(1 << _p0) | (1 << _p1)] = _p0 | (_p1 << 2)
         _CODE_TO_MASK[_p0 | (_p1 << 2)] = (1 << _p0) | (1 << _p1)
 del _p0, _p1
 
@@ -207,7 +205,74 @@ def _pack_codes(codes: np.ndarray) -> np.ndarray:
     return packed
 
 
-def prune_24(weights: np.ndarray, importance: np.ndarray, axis: int) -> Sparse24Tensor:
+#: Groups of 4 processed at a time: temporaries stay in cache and are reused,
+#: and memory beyond the inputs and outputs stays bounded (~a few MiB).
+_CHUNK_GROUPS = 1 << 15
+
+
+def _lowest(dtype: np.dtype):
+    """A fill value for padding importance scores that never beats a real element."""
+    if _is_float(dtype):
+        return -np.inf
+    if dtype.kind in "iu":
+        return np.iinfo(dtype).min
+    raise TypeError(f"importance must be a real number array, got {dtype}")
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """Floats as unsigned integers of the same width (exact selects, no -0.0); others unchanged."""
+    if _is_float(array.dtype):
+        return array.view(f"u{array.dtype.itemsize}")
+    return array
+
+
+def _keep_masks(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks ``k0..k3`` of the 2 kept members of every group of a ``(rows, 4, post)`` chunk.
+
+    ``c_ij = s_i >= s_j`` (i < j, so i wins ties) says i outranks j.  Element i is
+    kept when fewer than 2 elements outrank it, that is when it outranks at
+    least 2 of the other 3 (a majority of 3 comparisons).  With a total order
+    exactly 2 are kept, so ``k3`` follows from the other three.
+    """
+    s0, s1, s2, s3 = score[:, 0], score[:, 1], score[:, 2], score[:, 3]
+    c01, c02, c03 = s0 >= s1, s0 >= s2, s0 >= s3
+    c12, c13, c23 = s1 >= s2, s1 >= s3, s2 >= s3
+    k0 = (c01 & c02) | (c03 & (c01 | c02))
+    n01, n02, n12 = ~c01, ~c02, ~c12
+    k1 = (n01 & c12) | (c13 & (n01 | c12))
+    k2 = (n02 & n12) | (c23 & (n02 | n12))
+    k3 = k0 ^ k1 ^ k2
+    return k0, k1, k2, k3
+
+
+def _chunk_rows(rows: int, post: int) -> Iterator[slice]:
+    step = max(1, _CHUNK_GROUPS // max(post, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def _grouped(weights: np.ndarray, importance: np.ndarray | None, axis: int):
+    """``(rows, 4, post)`` views of the weights' bits and of the scores (None: magnitude)."""
+    x = _group_view(weights, axis, 0)
+    pre, groups, _, post = x.shape
+    x = x.reshape(pre * groups, GROUP, post)
+    score = None
+    if importance is not None:
+        score = _group_view(importance, axis, _lowest(importance.dtype)).reshape(pre * groups, GROUP, post)
+    return x, score
+
+
+def _check_importance(weights: np.ndarray, importance: np.ndarray | None) -> None:
+    if importance is None:
+        return
+    if importance.shape != weights.shape:
+        raise ValueError(f"importance has shape {importance.shape}, weights {weights.shape}")
+    _lowest(importance.dtype)  # raises for non-numeric scores
+    if _is_float(importance.dtype) and np.isnan(importance).any():
+        raise ValueError("importance contains NaN; scores must be ordered")
+
+
+def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> Sparse24Tensor:
     """Keep, in every group of 4 along ``axis``, the 2 elements of highest importance.
 
     This is the one pruning primitive; :func:`prune_24_magnitude`,
@@ -217,8 +282,8 @@ def prune_24(weights: np.ndarray, importance: np.ndarray, axis: int) -> Sparse24
     Args:
         weights: Dense tensor, any shape with at least one dimension.
         importance: Same shape as ``weights``, any real dtype that compares
-            (floats without NaN, or integers).  Ties go to the lower index, so
-            the result is deterministic.
+            (floats without NaN, or integers); None ranks by ``|weights|``.
+            Ties go to the lower index, so the result is deterministic.
         axis: Axis along which groups of 4 consecutive elements are formed.
 
     Returns:
@@ -226,45 +291,36 @@ def prune_24(weights: np.ndarray, importance: np.ndarray, axis: int) -> Sparse24
         pruned tensor (the pruned elements set to zero).
     """
     weights = np.asarray(weights)
-    importance = np.asarray(importance)
-    if importance.shape != weights.shape:
-        raise ValueError(f"importance has shape {importance.shape}, weights {weights.shape}")
     axis = _normalize_axis(axis, weights.ndim)
-    if _is_float(importance.dtype):
-        if np.isnan(importance).any():
-            raise ValueError("importance contains NaN; scores must be ordered")
-        lowest = -np.inf
-    elif importance.dtype.kind in "iu":
-        lowest = np.iinfo(importance.dtype).min
-    else:
-        raise TypeError(f"importance must be a real number array, got {importance.dtype}")
-
-    score = _group_view(importance, axis, lowest)
-    s0, s1, s2, s3 = (score[:, :, q, :] for q in range(GROUP))
-    # c_ij: element i outranks element j (i < j, so i wins ties).
-    c01, c02, c03 = s0 >= s1, s0 >= s2, s0 >= s3
-    c12, c13, c23 = s1 >= s2, s1 >= s3, s2 >= s3
-    del score, s0, s1, s2, s3
-    # Element i is kept when fewer than 2 elements outrank it.  With a total
-    # order the counts are a permutation of 0..3, so exactly 2 are kept.
-    k0 = (~c01).view(np.uint8) + (~c02).view(np.uint8) + (~c03).view(np.uint8) < 2
-    k1 = c01.view(np.uint8) + (~c12).view(np.uint8) + (~c13).view(np.uint8) < 2
-    k2 = c02.view(np.uint8) + c12.view(np.uint8) + (~c23).view(np.uint8) < 2
-    k3 = c03.view(np.uint8) + c13.view(np.uint8) + c23.view(np.uint8) < 2
-    del c01, c02, c03, c12, c13, c23
-
-    mask = k0.view(np.uint8) | (k1.view(np.uint8) << 1) | (k2.view(np.uint8) << 2)
-    mask |= k3.view(np.uint8) << 3
-    codes = _MASK_TO_CODE[mask]
-    del mask
-
-    x = _group_view(weights, axis, 0)
-    kept = np.empty((*x.shape[:2], KEEP, *x.shape[3:]), dtype=weights.dtype)
-    # The lower kept position is 0, 1 or 2; the higher one 3, 2 or 1.
-    kept[:, :, 0, :] = np.where(k0, x[:, :, 0, :], np.where(k1, x[:, :, 1, :], x[:, :, 2, :]))
-    kept[:, :, 1, :] = np.where(k3, x[:, :, 3, :], np.where(k2, x[:, :, 2, :], x[:, :, 1, :]))
+    importance = None if importance is None else np.asarray(importance)
+    _check_importance(weights, importance)
+    x, score = _grouped(weights, importance, axis)
+    rows, _, post = x.shape
+    bits = _bits(x)
+    kept = np.empty((rows, KEEP, post), dtype=weights.dtype)
+    kept_bits = _bits(kept)
+    codes = np.empty((rows, post), dtype=np.uint8)
+    for sl in _chunk_rows(rows, post):
+        b = bits[sl]
+        k0, k1, k2, k3 = _keep_masks(magnitude_key(x[sl]) if score is None else score[sl])
+        # The lower kept position is 0, 1 or 2; the higher one 3, 2 or 1.  Exactly
+        # one product in each sum is non-zero, so the sums are exact selects.
+        not0, not3 = ~k0, ~k3
+        take2 = not0 & ~k1
+        take1 = not3 & ~k2
+        low, high = kept_bits[sl, 0], kept_bits[sl, 1]
+        np.multiply(b[:, 0], k0, out=low)
+        low += b[:, 1] * (k1 & not0)
+        low += b[:, 2] * take2
+        np.multiply(b[:, 3], k3, out=high)
+        high += b[:, 2] * (k2 & not3)
+        high += b[:, 1] * take1
+        # p0 = 0, 1 or 2 and p1 = 3, 2 or 1, from the same masks.
+        p0 = not0.view(np.uint8) + take2.view(np.uint8)
+        p1 = 3 - not3.view(np.uint8) - take1.view(np.uint8)
+        np.bitwise_or(p0, p1 << 2, out=codes[sl])
     values_shape = list(weights.shape)
-    values_shape[axis] = KEEP * x.shape[1]
+    values_shape[axis] = KEEP * _group_count(weights.shape, axis)
     return Sparse24Tensor(
         values=kept.reshape(values_shape),
         metadata=_pack_codes(codes),
@@ -278,8 +334,7 @@ def prune_24_magnitude(weights: np.ndarray, axis: int) -> Sparse24Tensor:
 
     NVIDIA's recommended one-shot rule.  Ties go to the lower index.
     """
-    weights = np.asarray(weights)
-    return prune_24(weights, magnitude_key(weights), axis)
+    return prune_24(weights, None, axis)
 
 
 def prune_24_gradient(weights: np.ndarray, gradients: np.ndarray, axis: int) -> Sparse24Tensor:
@@ -289,13 +344,17 @@ def prune_24_gradient(weights: np.ndarray, gradients: np.ndarray, axis: int) -> 
     product is formed in at least float32 so that float16 and bfloat16 inputs
     neither overflow nor flush to zero.
     """
+    return prune_24(weights, gradient_importance(weights, gradients), axis)
+
+
+def gradient_importance(weights: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """``|w * g|`` in at least float32 (float64 when either input is float64)."""
     weights = np.asarray(weights)
     gradients = np.asarray(gradients)
     if gradients.shape != weights.shape:
         raise ValueError(f"gradients have shape {gradients.shape}, weights {weights.shape}")
     compute = np.float64 if np.float64 in (weights.dtype, gradients.dtype) else np.float32
-    importance = np.abs(weights.astype(compute) * gradients.astype(compute))
-    return prune_24(weights, importance, axis)
+    return np.abs(weights.astype(compute) * gradients.astype(compute))
 
 
 def keep_mask(sparse: Sparse24Tensor) -> np.ndarray:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from ..core import compute_metrics, decompress
+from ..core import compute_metrics_dense
 from ..methods import PruneMethod
 from ..weights import Status, WeightRecord, data_problem, weight_records
 from .base import InPlacePass, PassResult
@@ -48,14 +48,14 @@ class PruneWeights(InPlacePass):
         if problem:
             record.skip(problem)
             return
-        sparse = self.method.prune(record, weights)
-        if isinstance(sparse, str):
-            record.skip(sparse)
+        pruned = self.method.prune(record, weights)
+        if isinstance(pruned, str):
+            record.skip(pruned)
             return
-        record.metrics = compute_metrics(weights, sparse)
+        record.metrics = compute_metrics_dense(weights, pruned, record.axis)
         record.source.replace(
             ir.Tensor(
-                decompress(sparse),
+                pruned,
                 dtype=tensor.dtype,
                 name=tensor.name,
                 doc_string=tensor.doc_string,

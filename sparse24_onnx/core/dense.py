@@ -1,0 +1,48 @@
+"""Mask and apply: prune to 2:4 straight into a dense array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .sparse24 import (
+    GROUP,
+    _bits,
+    _check_importance,
+    _chunk_rows,
+    _grouped,
+    _keep_masks,
+    _normalize_axis,
+    decompress,
+    magnitude_key,
+    prune_24,
+)
+
+__all__ = ["prune_24_dense"]
+
+
+def prune_24_dense(weights: np.ndarray, axis: int, importance: np.ndarray | None = None) -> np.ndarray:
+    """The dense 2:4-pruned tensor: kept elements bit-identical, pruned elements +0.
+
+    The same selection as :func:`~sparse24_onnx.core.prune_24` (the 2 highest
+    importance per group, ties to the lower index; ``importance=None`` ranks by
+    ``|weights|``), written straight into a dense array without building the
+    compressed form.  This is the layout TensorRT reads.  Memory beyond the input
+    and the output stays a few MiB: the work goes in cache-sized chunks.
+    """
+    weights = np.asarray(weights)
+    axis = _normalize_axis(axis, weights.ndim)
+    importance = None if importance is None else np.asarray(importance)
+    _check_importance(weights, importance)
+    if weights.shape[axis] % GROUP or weights.size == 0:  # padded groups: the general route
+        return decompress(prune_24(weights, importance, axis))
+    x, score = _grouped(weights, importance, axis)
+    rows, _, post = x.shape
+    bits = _bits(x)
+    dense = np.empty(weights.shape, dtype=weights.dtype)
+    out = _bits(dense.reshape(x.shape))
+    for sl in _chunk_rows(rows, post):
+        b = bits[sl]
+        masks = _keep_masks(magnitude_key(x[sl]) if score is None else score[sl])
+        for q, k in enumerate(masks):
+            np.multiply(b[:, q], k, out=out[sl, q])
+    return dense
