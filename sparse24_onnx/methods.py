@@ -25,6 +25,10 @@ class PruneMethod(Protocol):
 
     #: Name recorded in the report and the model's provenance.
     name: str
+    #: Whether any block of whole rows (along axis 0, in multiples of 4 when the
+    #: groups run along axis 0) can be pruned on its own: large external tensors
+    #: are then streamed block by block.
+    blockwise: bool
 
     def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
         """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it."""
@@ -35,6 +39,7 @@ class MagnitudeMethod:
     """Keep the 2 largest ``|w|`` of every group of 4."""
 
     name = "magnitude"
+    blockwise = True
 
     def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
         return prune_24_dense(weights, record.axis)
@@ -49,6 +54,7 @@ class GradientMethod:
     """
 
     name = "gradient"
+    blockwise = False
 
     def __init__(self, gradients: Mapping[str, np.ndarray]) -> None:
         self.gradients = gradients

@@ -7,7 +7,9 @@ without losing opset imports, functions, metadata, value_info or doc strings.
 An output is staged in a temporary folder beside its destination, may be
 inspected there (validation loads it into onnxruntime), and is then moved into
 place with ``os.replace``, side file first and model last, or discarded: a
-failed run never leaves a partial OUT behind.
+failed run never leaves a partial OUT behind.  With external data, tensors are
+written to the staged side file as they are produced, so peak memory follows
+the largest tensor, not the model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -27,11 +30,11 @@ from .errors import BadInput
 __all__ = [
     "PROTOBUF_LIMIT_BYTES",
     "StagedOutput",
+    "TensorWriter",
     "check_output_path",
     "external_files",
     "initializer_bytes",
     "load_model",
-    "stage_model",
 ]
 
 #: Serialised protobuf messages cannot exceed 2 GiB; stay clear of it.
@@ -163,23 +166,91 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike) -> Path:
 
 
 class StagedOutput:
-    """A model saved to a temporary folder beside its destination.
+    """An output model being written into a temporary folder beside its destination.
 
-    ``path`` can be opened (by onnxruntime, say) until :meth:`commit` moves the
-    files into place or :meth:`discard` deletes them.  Used as a context manager
-    it discards whatever was not committed.
+    With ``external_data``, tensors go to the side file ``<OUT name>.data`` as
+    they are produced (:meth:`store`), so a model larger than memory passes
+    through one tensor at a time; :meth:`save` then moves every other large
+    tensor into the same file, streamed from wherever it lives, and writes the
+    model.  Without it, :meth:`save` embeds every tensor.
+
+    ``path`` can be opened (by onnxruntime, say) once saved, until
+    :meth:`commit` moves the files next to ``destination`` (side file first,
+    model last) or :meth:`discard` deletes them.  Used as a context manager it
+    discards whatever was not committed.
     """
 
-    def __init__(self, destination: Path, folder: Path, files: list[str]) -> None:
+    #: Tensors of at most this many bytes stay embedded even with external data.
+    EMBED_BYTES = 1024
+
+    def __init__(self, destination: Path, *, external_data: bool, input_files: set[Path] = frozenset()) -> None:
         self.destination = destination
-        self.folder = folder
-        self.files = files  # side files first, the model last
-        self.path = folder / destination.name
+        self.data_name = destination.name + ".data" if external_data else None
+        if self.data_name and (destination.parent / self.data_name).resolve() in input_files:
+            raise BadInput(
+                f"{destination.parent / self.data_name}: OUT's side file would overwrite the input's external data; "
+                "choose another OUT name"
+            )
+        try:
+            self.folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+        except OSError as error:
+            raise BadInput(f"{destination.parent}: cannot write in the output folder ({error.strerror})") from None
+        self.path = self.folder / destination.name
+        self._data = open(self.folder / self.data_name, "wb") if self.data_name else None  # noqa: SIM115
+        self._saved = False
+
+    @property
+    def external_data(self) -> bool:
+        return self.data_name is not None
+
+    def store(self, tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+        """Where a new tensor should live: in the side file (returned as an ExternalTensor) or in memory."""
+        if self._data is None or tensor.nbytes <= self.EMBED_BYTES:
+            return tensor
+        offset = self._data.tell()
+        try:
+            tensor.tofile(self._data)
+        except OSError as error:
+            raise BadInput(f"{self.destination}: cannot write the side file ({error.strerror or error})") from None
+        return ir.ExternalTensor(
+            self.data_name,
+            offset,
+            self._data.tell() - offset,
+            tensor.dtype,
+            shape=tensor.shape,
+            name=tensor.name,
+            doc_string=tensor.doc_string,
+            metadata_props=dict(tensor.metadata_props) or None,
+            base_dir=self.folder,
+        )
+
+    def begin(self, like: ir.TensorProtocol) -> TensorWriter | None:
+        """A writer that streams a tensor shaped like ``like`` into the side file in blocks.
+
+        None without external data or for small tensors (use :meth:`store`).
+        """
+        if self._data is None or like.nbytes <= self.EMBED_BYTES:
+            return None
+        return TensorWriter(self, like)
+
+    def save(self, model: ir.Model) -> None:
+        """Write the model (after moving or embedding every tensor as the mode says)."""
+        try:
+            with _relocated(model, self):
+                ir.save(model, self.path)
+            if self._data is not None:
+                self._data.close()
+        except OSError as error:
+            raise BadInput(f"{self.destination}: cannot write the model ({error.strerror or error})") from None
+        self._saved = True
 
     def commit(self) -> list[Path]:
         """Move the staged files next to ``destination``; return their final paths."""
+        if not self._saved:
+            raise RuntimeError("commit() before save()")
+        names = ([self.data_name] if self.data_name else []) + [self.destination.name]
         final = []
-        for name in self.files:
+        for name in names:
             target = self.destination.parent / name
             os.replace(self.folder / name, target)
             final.append(target)
@@ -188,6 +259,8 @@ class StagedOutput:
 
     def discard(self) -> None:
         """Delete the staging folder and whatever is left in it."""
+        if self._data is not None and not self._data.closed:
+            self._data.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> StagedOutput:
@@ -197,72 +270,87 @@ class StagedOutput:
         self.discard()
 
 
-def stage_model(
-    model: ir.Model,
-    destination: Path,
-    *,
-    external_data: bool,
-    input_files: set[Path] = frozenset(),
-) -> StagedOutput:
-    """Save ``model`` into a staging folder beside ``destination``.
+class TensorWriter:
+    """Writes one tensor into a staged side file block by block (C order), then describes it.
 
-    Args:
-        model: The model; it is not changed.
-        destination: Where the model will live after :meth:`StagedOutput.commit`.
-        external_data: Write the weights to a side file ``<name>.data`` beside
-            the model, streamed one tensor at a time.  Without it every tensor
-            is embedded, which protobuf allows up to 2 GiB.
-        input_files: External data files of the input model, never to be
-            overwritten.
+    Blocks are consecutive slices along the tensor's first axis.  :meth:`abort`
+    takes back what was written, so a caller can still store something else.
     """
-    data_name = destination.name + ".data"
-    if external_data and (destination.parent / data_name).resolve() in input_files:
-        raise BadInput(
-            f"{destination.parent / data_name}: OUT's side file would overwrite the input's external data; "
-            "choose another OUT name"
+
+    def __init__(self, staged: StagedOutput, like: ir.TensorProtocol) -> None:
+        self.staged = staged
+        self.like = like
+        self.file = staged._data
+        self.start = self.file.tell()
+
+    def write(self, block: np.ndarray) -> None:
+        try:
+            np.ascontiguousarray(block).tofile(self.file)
+        except OSError as error:
+            raise BadInput(f"{self.staged.destination}: cannot write the side file ({error.strerror})") from None
+
+    def abort(self) -> None:
+        self.file.seek(self.start)
+        self.file.truncate()
+
+    def finish(self) -> ir.ExternalTensor:
+        length = self.file.tell() - self.start
+        if length != self.like.nbytes:
+            raise RuntimeError(f"wrote {length} bytes for '{self.like.name}', expected {self.like.nbytes}")
+        like = self.like
+        return ir.ExternalTensor(
+            self.staged.data_name,
+            self.start,
+            length,
+            like.dtype,
+            shape=like.shape,
+            name=like.name,
+            doc_string=like.doc_string,
+            metadata_props=dict(like.metadata_props) or None,
+            base_dir=self.staged.folder,
         )
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    except OSError as error:
-        raise BadInput(f"{destination.parent}: cannot write in the output folder ({error.strerror})") from None
-    staged = StagedOutput(destination, folder, [destination.name])
-    try:
-        if external_data:
-            ir.save(model, staged.path, external_data=data_name, size_threshold_bytes=1024)
-            if (folder / data_name).exists():
-                staged.files.insert(0, data_name)
-        else:
-            with _embedded(model):
-                ir.save(model, staged.path)
-    except OSError as error:
-        staged.discard()
-        raise BadInput(f"{destination}: cannot write the model ({error.strerror or error})") from None
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
 
 
-class _embedded:
-    """Temporarily replace external tensors by in-memory views, so that they are embedded."""
+class _relocated:
+    """While saving: every tensor either in the staged side file or in memory, none left in IN's files.
 
-    def __init__(self, model: ir.Model) -> None:
-        self.swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    With external data, large tensors not yet in the side file are streamed into
+    it (their source mapping released after each); small ones are embedded.
+    Without, external tensors are read into memory to be embedded.  The model's
+    original tensors are put back afterwards (the staged ones stay).
+    """
+
+    def __init__(self, model: ir.Model, staged: StagedOutput) -> None:
         self.model = model
+        self.staged = staged
+        self.swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+
+    def _ours(self, tensor: ir.TensorProtocol) -> bool:
+        return isinstance(tensor, ir.ExternalTensor) and Path(tensor.base_dir) == self.staged.folder
 
     def __enter__(self) -> None:
         for graph in self.model.graphs():
             for value in graph.initializers.values():
                 tensor = value.const_value
-                if isinstance(tensor, ir.ExternalTensor):
-                    self.swapped.append((value, tensor))
-                    value.const_value = ir.Tensor(
-                        tensor.numpy(),
+                if tensor is None or self._ours(tensor):
+                    continue
+                external = isinstance(tensor, ir.ExternalTensor)
+                if self.staged.external_data and tensor.nbytes > StagedOutput.EMBED_BYTES:
+                    replacement = self.staged.store(tensor)
+                elif external:
+                    replacement = ir.Tensor(
+                        np.array(tensor.numpy()),
                         dtype=tensor.dtype,
                         name=tensor.name,
                         doc_string=tensor.doc_string,
-                        metadata_props=dict(tensor.metadata_props),
+                        metadata_props=dict(tensor.metadata_props) or None,
                     )
+                else:
+                    continue
+                if external:
+                    tensor.release()
+                self.swapped.append((value, tensor))
+                value.const_value = replacement
 
     def __exit__(self, *exc_info: object) -> None:
         for value, tensor in self.swapped:

@@ -19,11 +19,11 @@ from .feeds import InputSpec, generate_feeds, infer_int_ranges, load_feeds, pars
 from .methods import GradientMethod, MagnitudeMethod, PruneMethod, load_gradients
 from .model_io import (
     PROTOBUF_LIMIT_BYTES,
+    StagedOutput,
     check_output_path,
     external_files,
     initializer_bytes,
     load_model,
-    stage_model,
 )
 from .passes import FindWeights, Pipeline, PruneWeights, RecordProvenance
 from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
@@ -180,21 +180,21 @@ def _run(args) -> int:
         reference = run_feeds(session, feeds)
         del session
 
-    pipeline = Pipeline(
-        find,
-        PruneWeights(method, progress=progress.weight),
-        RecordProvenance(method.name),
-    )
-    pipeline(model)
-    records = list(weight_records(model))
-
     external = args.external_data or initializer_bytes(model) > PROTOBUF_LIMIT_BYTES
-    progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))
     comparisons = None
     validation = None
     exit_code = ExitCode.OK
     written: list[Path] = []
-    with stage_model(model, out, external_data=external, input_files=input_files) as staged:
+    with StagedOutput(out, external_data=external, input_files=input_files) as staged:
+        pipeline = Pipeline(
+            find,
+            PruneWeights(method, progress=progress.weight, sink=staged),
+            RecordProvenance(method.name),
+        )
+        pipeline(model)
+        records = weight_records(model)
+        progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))
+        staged.save(model)
         if validate:
             progress.say("running the pruned model in onnxruntime")
             session = open_session(staged.path, role="output")

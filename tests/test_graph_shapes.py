@@ -90,11 +90,11 @@ def test_idempotent(model, tmp_path):
     assert all(first[n].tobytes() == second[n].tobytes() for n in first)
 
 
-def _external_copy(models_dir: Path, folder: Path, name="mlp.onnx", location="weights.bin") -> Path:
+def _external_copy(models_dir: Path, folder: Path, name="mlp.onnx", location="weights.bin", threshold=0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(models_dir / name))
     path = folder / name
-    onnx.save(model, path, save_as_external_data=True, location=location, size_threshold=0)
+    onnx.save(model, path, save_as_external_data=True, location=location, size_threshold=threshold)
     return path
 
 
@@ -232,3 +232,55 @@ def test_check_agrees_with_polygraphy(models_dir, tmp_path, name):
         assert {n: ours[n] for n in both} == {n: theirs[n] for n in both}
         compared += len(both)
     assert compared >= 2
+
+
+def test_streamed_path_is_byte_identical_to_in_memory_path(models_dir, tmp_path, monkeypatch):
+    import sparse24_onnx.passes.prune_weights as prune_weights
+
+    # Blocks of a few rows, so every weight streams through several blocks.
+    monkeypatch.setattr(prune_weights, "BLOCK_BYTES", 4096)
+    blocks = []
+    original_drop = prune_weights._drop_pages
+    monkeypatch.setattr(prune_weights, "_drop_pages", lambda *a: blocks.append(a[2]) or original_drop(*a))
+    source = _external_copy(models_dir, tmp_path / "in", name="transformer.onnx", threshold=1024)
+    streamed, in_memory = tmp_path / "streamed" / "m.onnx", tmp_path / "memory.onnx"
+    streamed.parent.mkdir()
+    streamed_report, memory_report = tmp_path / "s.json", tmp_path / "m.json"
+    args = ["-q", "--shape", "seq=8"]
+    assert optimize_main([str(source), str(streamed), "--external-data", "--report", str(streamed_report), *args]) == 0
+    assert len(blocks) >= 6 * 4  # 6 weights, 4 or more blocks each: the streamed route ran
+    streamed_blocks = len(blocks)
+    assert optimize_main([str(source), str(in_memory), "--report", str(memory_report), *args]) == 0
+    assert len(blocks) == streamed_blocks  # and the embedded output did not stream
+    a, b = all_tensors(streamed), all_tensors(in_memory)
+    assert a.keys() == b.keys()
+    assert all(a[n].tobytes() == b[n].tobytes() and a[n].dtype == b[n].dtype for n in a)
+    # The model around the tensors is the same too.
+    pa, pb = onnx.load(str(streamed), load_external_data=False), onnx.load(str(in_memory))
+    assert list(pa.graph.node) == list(pb.graph.node)
+    assert list(pa.metadata_props) == list(pb.metadata_props)
+    # Metrics summed block by block equal the whole-tensor ones.
+    ta = {t["name"]: t for t in json.loads(streamed_report.read_text())["tensors"]}
+    tb = {t["name"]: t for t in json.loads(memory_report.read_text())["tensors"]}
+    for name in ta:
+        for key in ("pruned_count", "total_count"):
+            assert ta[name][key] == tb[name][key]
+        for key in ("approximation_error", "kept_magnitude_mean", "pruned_magnitude_mean"):
+            assert ta[name][key] == pytest.approx(tb[name][key], rel=1e-6, abs=1e-12)
+    assert json.loads(streamed_report.read_text())["validation"] == json.loads(memory_report.read_text())["validation"]
+
+
+def test_nan_found_while_streaming_keeps_the_original(models_dir, tmp_path, monkeypatch):
+    import sparse24_onnx.passes.prune_weights as prune_weights
+
+    monkeypatch.setattr(prune_weights, "BLOCK_BYTES", 256)
+    source = _external_copy(models_dir, tmp_path / "in", name="nan_weights.onnx")
+    out = tmp_path / "out.onnx"
+    report = tmp_path / "r.json"
+    assert optimize_main([str(source), str(out), "--external-data", "-q", "--report", str(report)]) == 0
+    statuses = {t["name"]: t["status"] for t in json.loads(report.read_text())["tensors"]}
+    assert statuses == {"nan.weight": "skipped", "inf.weight": "skipped", "clean.weight": "pruned"}
+    original, result = all_tensors(source), all_tensors(out)
+    for name in ("nan.weight", "inf.weight"):
+        assert original[name].tobytes() == result[name].tobytes()
+    assert is_24(result["clean.weight"], 0)

@@ -5,7 +5,7 @@ Knows nothing of ONNX; imports only NumPy.
 
 from .dense import prune_24_dense
 from .matmul import sparse_matmul
-from .metrics import PruneMetrics, compute_metrics, compute_metrics_dense
+from .metrics import DenseMetrics, PruneMetrics, compute_metrics, compute_metrics_dense
 from .sparse24 import (
     Sparse24Tensor,
     count_dense_groups,
@@ -20,6 +20,7 @@ from .sparse24 import (
 )
 
 __all__ = [
+    "DenseMetrics",
     "PruneMetrics",
     "Sparse24Tensor",
     "compute_metrics",

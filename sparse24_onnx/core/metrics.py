@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sparse24 import GROUP, Sparse24Tensor, _is_float, _normalize_axis, decompress, keep_mask
+from .sparse24 import GROUP, Sparse24Tensor, _normalize_axis, decompress, keep_mask
 
-__all__ = ["PruneMetrics", "compute_metrics", "compute_metrics_dense"]
+__all__ = ["DenseMetrics", "PruneMetrics", "compute_metrics", "compute_metrics_dense"]
 
 #: Elements per chunk in :func:`compute_metrics_dense`.
 _CHUNK = 1 << 17
@@ -68,48 +68,63 @@ def compute_metrics(original: np.ndarray, sparse: Sparse24Tensor) -> PruneMetric
     )
 
 
-def compute_metrics_dense(original: np.ndarray, pruned: np.ndarray, axis: int) -> PruneMetrics:
-    """:func:`compute_metrics` for a dense pruned tensor (from :func:`prune_24_dense`).
+class DenseMetrics:
+    """Accumulates :class:`PruneMetrics` over blocks of a dense-pruned tensor.
 
     2:4 pruning zeroes exactly 2 of every 4 positions, so ``pruned_count`` is half
-    the elements; a position counts as kept where ``pruned`` is non-zero.  For
-    methods that keep the kept values as they were (magnitude, gradient,
+    the elements; a position counts as kept where the pruned value is non-zero.
+    For methods that keep the kept values as they were (magnitude, gradient,
     Wanda) the figures equal those of :func:`compute_metrics` on the compressed
     form; for a method that updates them, a kept value updated to exactly 0
-    would count as pruned.  Works in chunks in float32 (float64 for float64
-    weights), accumulated in float64.
+    would count as pruned.  Blocks are processed in chunks in float32 (float64
+    for float64 weights) and summed in float64, so a tensor can be fed block by
+    block as it streams through.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.total_sum = self.kept_sum = self.error_sum = 0.0
+
+    def add(self, original: np.ndarray, pruned: np.ndarray) -> None:
+        """Account for one block (any shape, the same for both; whole groups of 4)."""
+        if original.shape != pruned.shape:
+            raise ValueError(f"original has shape {original.shape}, pruned {pruned.shape}")
+        compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
+        flat_original, flat_pruned = original.reshape(-1), pruned.reshape(-1)
+        for start in range(0, flat_original.size, _CHUNK):
+            a = flat_original[start : start + _CHUNK].astype(compute, copy=False)
+            d = flat_pruned[start : start + _CHUNK].astype(compute, copy=False)
+            magnitude = np.abs(a)
+            self.total_sum += float(np.add.reduce(magnitude, dtype=np.float64))
+            self.kept_sum += float(np.add.reduce(magnitude * (d != 0), dtype=np.float64))
+            self.error_sum += float(np.add.reduce(np.abs(a - d), dtype=np.float64))
+        self.total += original.size
+
+    def result(self) -> PruneMetrics:
+        if self.total == 0:
+            return PruneMetrics(0, 0, 0.0, 0.0, 0.0)
+        pruned_count = self.total // 2
+        pruned_sum = max(self.total_sum - self.kept_sum, 0.0)
+        return PruneMetrics(
+            pruned_count=pruned_count,
+            total_count=self.total,
+            approximation_error=self.error_sum / self.total,
+            kept_magnitude_mean=self.kept_sum / (self.total - pruned_count),
+            pruned_magnitude_mean=pruned_sum / pruned_count,
+        )
+
+
+def compute_metrics_dense(original: np.ndarray, pruned: np.ndarray, axis: int) -> PruneMetrics:
+    """:func:`compute_metrics` for a dense pruned tensor (see :class:`DenseMetrics`).
 
     Raises:
         ValueError: The shapes differ, or ``shape[axis]`` is not a multiple of 4.
     """
     original = np.asarray(original)
     pruned = np.asarray(pruned)
-    if original.shape != pruned.shape:
-        raise ValueError(f"original has shape {original.shape}, pruned {pruned.shape}")
     axis = _normalize_axis(axis, original.ndim)
     if original.shape[axis] % GROUP:
         raise ValueError("compute_metrics_dense needs an axis length that is a multiple of 4")
-    total = original.size
-    if total == 0:
-        return PruneMetrics(0, 0, 0.0, 0.0, 0.0)
-    compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
-    flat_original, flat_pruned = original.reshape(-1), pruned.reshape(-1)
-    total_sum = kept_sum = error_sum = 0.0
-    for start in range(0, total, _CHUNK):
-        a = flat_original[start : start + _CHUNK]
-        d = flat_pruned[start : start + _CHUNK]
-        a = a.astype(compute) if not (_is_float(a.dtype) and a.dtype == compute) else a
-        d = d.astype(compute) if not (_is_float(d.dtype) and d.dtype == compute) else d
-        magnitude = np.abs(a)
-        total_sum += float(np.add.reduce(magnitude, dtype=np.float64))
-        kept_sum += float(np.add.reduce(magnitude * (d != 0), dtype=np.float64))
-        error_sum += float(np.add.reduce(np.abs(a - d), dtype=np.float64))
-    pruned_count = total // 2
-    pruned_sum = max(total_sum - kept_sum, 0.0)
-    return PruneMetrics(
-        pruned_count=pruned_count,
-        total_count=total,
-        approximation_error=error_sum / total,
-        kept_magnitude_mean=kept_sum / (total - pruned_count),
-        pruned_magnitude_mean=pruned_sum / pruned_count,
-    )
+    metrics = DenseMetrics()
+    metrics.add(original, pruned)
+    return metrics.result()

@@ -8,15 +8,17 @@
 from .base import PassResult, Pipeline, PipelineResult
 from .find_weights import FindWeights
 from .provenance import PROVENANCE_KEY, RecordProvenance, read_provenance
-from .prune_weights import PruneWeights
+from .prune_weights import InMemory, PruneWeights, TensorSink
 
 __all__ = [
     "PROVENANCE_KEY",
     "FindWeights",
+    "InMemory",
     "PassResult",
     "Pipeline",
     "PipelineResult",
     "PruneWeights",
     "RecordProvenance",
+    "TensorSink",
     "read_provenance",
 ]
