@@ -26,6 +26,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from .errors import BadInput
+from .model_writer import write_embedded
 
 __all__ = [
     "PROTOBUF_LIMIT_BYTES",
@@ -70,10 +71,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
     if check:
         try:
-            # The checker takes the parsed proto (no second parse) unless it must
-            # find external data relative to the file, or the file is over 2 GiB.
-            by_path = size >= PROTOBUF_LIMIT_BYTES or _uses_external_data(proto)
-            onnx.checker.check_model(str(path) if by_path else proto)
+            # By path: the checker reads the file in C++, which is faster than handing
+            # it the parsed message, finds external data, and works above 2 GiB.
+            onnx.checker.check_model(str(path))
         except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
             raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
     try:
@@ -98,14 +98,6 @@ def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
                 if attribute.HasField("g"):
                     pending.append(attribute.g)
                 pending.extend(attribute.graphs)
-
-
-def _uses_external_data(proto: onnx.ModelProto) -> bool:
-    return any(
-        tensor.data_location == onnx.TensorProto.EXTERNAL
-        for graph in _proto_graphs(proto)
-        for tensor in graph.initializer
-    )
 
 
 def _forget_implied_initializer_types(model: ir.Model, proto: onnx.ModelProto) -> None:
@@ -236,9 +228,11 @@ class StagedOutput:
     def save(self, model: ir.Model) -> None:
         """Write the model (after moving or embedding every tensor as the mode says)."""
         try:
-            with _relocated(model, self):
-                ir.save(model, self.path)
-            if self._data is not None:
+            if self._data is None:
+                write_embedded(model, self.path)
+            else:
+                with _relocated(model, self):
+                    ir.save(model, self.path)
                 self._data.close()
         except OSError as error:
             raise BadInput(f"{self.destination}: cannot write the model ({error.strerror or error})") from None
@@ -312,11 +306,11 @@ class TensorWriter:
 
 
 class _relocated:
-    """While saving: every tensor either in the staged side file or in memory, none left in IN's files.
+    """While saving with external data: every large tensor in the staged side file.
 
-    With external data, large tensors not yet in the side file are streamed into
-    it (their source mapping released after each); small ones are embedded.
-    Without, external tensors are read into memory to be embedded.  The model's
+    Large tensors not yet there (unpruned weights, wherever they live) are
+    streamed into it, their source mapping released after each; small tensors
+    from IN's side files are read into memory to be embedded.  The model's
     original tensors are put back afterwards (the staged ones stay).
     """
 
@@ -335,16 +329,10 @@ class _relocated:
                 if tensor is None or self._ours(tensor):
                     continue
                 external = isinstance(tensor, ir.ExternalTensor)
-                if self.staged.external_data and tensor.nbytes > StagedOutput.EMBED_BYTES:
+                if tensor.nbytes > StagedOutput.EMBED_BYTES:
                     replacement = self.staged.store(tensor)
                 elif external:
-                    replacement = ir.Tensor(
-                        np.array(tensor.numpy()),
-                        dtype=tensor.dtype,
-                        name=tensor.name,
-                        doc_string=tensor.doc_string,
-                        metadata_props=dict(tensor.metadata_props) or None,
-                    )
+                    replacement = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
                 else:
                     continue
                 if external:

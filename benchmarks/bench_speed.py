@@ -1,0 +1,219 @@
+"""Speed and memory of sparse24-onnx, with the peer (polygraphy 0.53) measured in the same run.
+
+    pip install -e '.[dev]'        # polygraphy is in the dev extra
+    python benchmarks/bench_speed.py [--scale-gib 1 2 3] [--skip-peer-e2e]
+
+Prints four tables:
+
+1. core: weights/s of magnitude pruning on one core, mask + apply
+   (``prune_24_dense``) and prune + compress (``prune_24``), several sizes,
+   dtypes and both axes;
+2. per tensor against ``polygraphy.tools.sparse.process_tensor`` on the same
+   TensorProtos (conversion to and from NumPy included on both sides);
+3. end to end, process start to saved file: ``python -m sparse24_onnx.optimize
+   --no-validate`` against ``polygraphy surgeon prune`` on a 4 x 2048 x 2048
+   fp32 MLP;
+4. scale: external-data MLPs of several GiB, ``optimize --no-validate
+   --external-data`` against ``cp`` of the same files, with peak resident memory.
+
+Nothing here is asserted: the script prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def best_of(function, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def core_table() -> None:
+    import ml_dtypes
+
+    from sparse24_onnx.core import prune_24, prune_24_dense
+
+    print("\n## 1. core, one process, one core (best of 5)")
+    print(f"{'shape':>12} {'dtype':>8} {'axis':>4} {'mask+apply M/s':>15} {'GB/s':>6} {'prune+compress M/s':>19}")
+    rng = np.random.default_rng(0)
+    for shape in ((1024, 1024), (4096, 4096), (8192, 8192)):
+        base = rng.standard_normal(shape, dtype=np.float32)
+        for dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
+            weights = base.astype(dtype)
+            for axis in (0, 1):
+                dense = best_of(lambda w=weights, a=axis: prune_24_dense(w, a), 5)
+                compressed = best_of(lambda w=weights, a=axis: prune_24(w, None, a), 5)
+                rate = weights.size / dense
+                print(
+                    f"{'x'.join(map(str, shape)):>12} {np.dtype(dtype).name:>8} {axis:>4} {rate / 1e6:>15.0f} "
+                    f"{rate * weights.itemsize / 1e9:>6.2f} {weights.size / compressed / 1e6:>19.0f}"
+                )
+
+
+def per_tensor_table() -> None:
+    from onnx import numpy_helper
+    from polygraphy.tools.sparse import PruneInfo, process_tensor
+
+    from sparse24_onnx.core import prune_24_dense
+
+    print("\n## 2. per tensor, the same TensorProto, against polygraphy's process_tensor")
+    print(f"{'shape':>12} {'axis':>4} {'polygraphy s':>13} {'sparse24 s':>11} {'ratio':>8} {'same zeros':>10}")
+    rng = np.random.default_rng(1)
+    for shape, axis in (((1024, 1024), 0), ((1024, 1024), 1), ((2048, 2048), 0)):
+        proto = numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32), "w")
+
+        def ours(proto=proto, axis=axis):
+            return numpy_helper.from_array(prune_24_dense(numpy_helper.to_array(proto), axis), "w")
+
+        start = time.perf_counter()
+        theirs_result = process_tensor(PruneInfo("w", axis), proto, False)
+        theirs = time.perf_counter() - start
+        ours_time = best_of(ours, 3)
+        same = np.array_equal(numpy_helper.to_array(theirs_result) == 0, numpy_helper.to_array(ours()) == 0)
+        print(
+            f"{'x'.join(map(str, shape)):>12} {axis:>4} {theirs:>13.2f} {ours_time:>11.4f} "
+            f"{theirs / ours_time:>7.0f}x {'yes' if same else 'no':>10}"
+        )
+
+
+def build_mlp(path: Path, layers: int, side: int, external: bool) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(2).standard_normal((side, side), dtype=np.float32)
+    inits = [numpy_helper.from_array((weights * (1 + i / 10)).astype(np.float32), f"w{i}") for i in range(layers)]
+    nodes, x = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, path)
+
+
+def timed_run(command: list[str], cwd: Path) -> tuple[float, dict]:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
+    info = {}
+    for line in result.stderr.splitlines():
+        if line.startswith("{") and "peak_rss_mib" in line:
+            info = json.loads(line)
+    return seconds, info
+
+
+def e2e_table(folder: Path, skip_peer: bool) -> None:
+    print("\n## 3. end to end, process start to saved file, 4 x 2048 x 2048 fp32 MLP (64 MiB)")
+    model = folder / "mlp.onnx"
+    build_mlp(model, 4, 2048, external=False)
+    ours = min(
+        timed_run(
+            [sys.executable, "-m", "sparse24_onnx.optimize", "mlp.onnx", "ours.onnx", "--no-validate", "-q"], folder
+        )[0]
+        for _ in range(3)
+    )
+    print(f"sparse24_onnx.optimize --no-validate : {ours:8.2f} s (best of 3)")
+    if skip_peer:
+        print("polygraphy surgeon prune             : skipped (--skip-peer-e2e)")
+        return
+    polygraphy = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+    theirs, _ = timed_run([polygraphy, "surgeon", "prune", "mlp.onnx", "-o", "theirs.onnx"], folder)
+    print(f"polygraphy surgeon prune             : {theirs:8.2f} s")
+    print(f"ratio                                : {theirs / ours:8.0f}x")
+
+
+def scale_table(folder: Path, sizes: list[float]) -> None:
+    print("\n## 4. scale: external data, optimize --no-validate --external-data against cp of the same files")
+    print(f"{'weights GiB':>11} {'cp s':>7} {'optimize s':>10} {'ratio':>6} {'GiB/s':>6} {'peak RSS MiB':>12}")
+    side = 8192  # 256 MiB per fp32 layer
+    for gib in sizes:
+        layers = max(1, round(gib * 4))
+        sub = folder / f"scale{gib}"
+        sub.mkdir()
+        build_mlp(sub / "big.onnx", layers, side, external=True)
+        size = (sub / "big.onnx.data").stat().st_size + (sub / "big.onnx").stat().st_size
+        subprocess.run(["cat", "big.onnx.data"], cwd=sub, stdout=subprocess.DEVNULL, check=True)  # warm cache
+        copy, _ = timed_run(["cp", "big.onnx", "big.onnx.data", str(folder / "copy")], sub)
+        ours, info = timed_run(
+            [
+                sys.executable,
+                str(HERE / "peak_rss.py"),
+                "sparse24_onnx.optimize",
+                "big.onnx",
+                "out.onnx",
+                "--no-validate",
+                "--external-data",
+                "-q",
+            ],
+            sub,
+        )
+        print(
+            f"{size / 2**30:>11.2f} {copy:>7.2f} {ours:>10.2f} {ours / copy:>6.1f} "
+            f"{size / 2**30 / ours:>6.2f} {info.get('peak_rss_mib', float('nan')):>12.0f}"
+        )
+        shutil.rmtree(sub)
+        for name in ("big.onnx", "big.onnx.data"):
+            (folder / "copy" / name).unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale-gib", type=float, nargs="*", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--skip-peer-e2e", action="store_true", help="skip the ~35 s polygraphy end-to-end run")
+    parser.add_argument("--only", choices=["core", "tensor", "e2e", "scale"], action="append")
+    args = parser.parse_args()
+    import onnx
+    import onnx_ir
+    import polygraphy
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
+        f"polygraphy {polygraphy.__version__}"
+    )
+    only = set(args.only or ["core", "tensor", "e2e", "scale"])
+    if "core" in only:
+        core_table()
+    if "tensor" in only:
+        per_tensor_table()
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        folder = Path(tmp).resolve()
+        (folder / "copy").mkdir()
+        if "e2e" in only:
+            e2e_table(folder, args.skip_peer_e2e)
+        if "scale" in only and args.scale_gib:
+            scale_table(folder, args.scale_gib)
+
+
+if __name__ == "__main__":
+    main()
