@@ -25,13 +25,18 @@ class PruneMethod(Protocol):
 
     #: Name recorded in the report and the model's provenance.
     name: str
+    #: Whether kept values stay as they were (only the mask is chosen): faster metrics.
+    values_kept: bool
     #: Whether any block of whole rows (along axis 0, in multiples of 4 when the
     #: groups run along axis 0) can be pruned on its own: large external tensors
     #: are then streamed block by block.
     blockwise: bool
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
-        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it."""
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it.
+
+        ``out``, when given, is a buffer of the weights' shape and dtype to write into.
+        """
         ...
 
 
@@ -40,9 +45,10 @@ class MagnitudeMethod:
 
     name = "magnitude"
     blockwise = True
+    values_kept = True
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
-        return prune_24_dense(weights, record.axis)
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        return prune_24_dense(weights, record.axis, out=out)
 
 
 class GradientMethod:
@@ -55,11 +61,12 @@ class GradientMethod:
 
     name = "gradient"
     blockwise = False
+    values_kept = True
 
     def __init__(self, gradients: Mapping[str, np.ndarray]) -> None:
         self.gradients = gradients
 
-    def prune(self, record: WeightRecord, weights: np.ndarray) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         if record.name not in self.gradients:
             return "no gradient for this tensor in --gradients"
         gradient = np.asarray(self.gradients[record.name])
@@ -67,7 +74,9 @@ class GradientMethod:
             raise BadInput(f"--gradients: '{record.name}' has shape {gradient.shape}, the weight has {weights.shape}")
         if not np.isfinite(gradient).all():
             return "its gradient contains NaN or Inf"
-        return prune_24_dense(weights, record.axis, gradient_importance(weights, gradient))
+        if not np.isfinite(weights).all():
+            return "contains NaN or Inf"
+        return prune_24_dense(weights, record.axis, gradient_importance(weights, gradient), out=out)
 
 
 def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:

@@ -246,6 +246,7 @@ def test_core_imports_numpy_only():
                     "functools",
                     "collections",
                     "typing",
+                    "math",
                 }, (
                     path,
                     name,

@@ -240,8 +240,14 @@ def test_streamed_path_is_byte_identical_to_in_memory_path(models_dir, tmp_path,
     # Blocks of a few rows, so every weight streams through several blocks.
     monkeypatch.setattr(prune_weights, "BLOCK_BYTES", 4096)
     blocks = []
-    original_drop = prune_weights._drop_pages
-    monkeypatch.setattr(prune_weights, "_drop_pages", lambda *a: blocks.append(a[2]) or original_drop(*a))
+    original_blocks = prune_weights._row_blocks
+
+    def counted(*args):
+        for rows in original_blocks(*args):
+            blocks.append(rows)
+            yield rows
+
+    monkeypatch.setattr(prune_weights, "_row_blocks", counted)
     source = _external_copy(models_dir, tmp_path / "in", name="transformer.onnx", threshold=1024)
     streamed, in_memory = tmp_path / "streamed" / "m.onnx", tmp_path / "memory.onnx"
     streamed.parent.mkdir()

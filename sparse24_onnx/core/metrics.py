@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sparse24 import GROUP, Sparse24Tensor, _normalize_axis, decompress, keep_mask
+from .sparse24 import GROUP, Sparse24Tensor, _is_float, _normalize_axis, decompress, keep_mask, magnitude_key
 
 __all__ = ["DenseMetrics", "PruneMetrics", "compute_metrics", "compute_metrics_dense"]
 
@@ -85,20 +86,36 @@ class DenseMetrics:
         self.total = 0
         self.total_sum = self.kept_sum = self.error_sum = 0.0
 
-    def add(self, original: np.ndarray, pruned: np.ndarray) -> None:
-        """Account for one block (any shape, the same for both; whole groups of 4)."""
+    def add(self, original: np.ndarray, pruned: np.ndarray, *, values_kept: bool = False) -> None:
+        """Account for one block (any shape, the same for both; whole groups of 4).
+
+        Args:
+            values_kept: The method leaves kept values as they were (magnitude,
+                gradient, Wanda): then ``|w - w'|`` is ``|w|`` where pruned and 0
+                where kept, and two sums (of ``|w|`` and ``|w'|``) give all figures.
+        """
         if original.shape != pruned.shape:
             raise ValueError(f"original has shape {original.shape}, pruned {pruned.shape}")
         compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
         flat_original, flat_pruned = original.reshape(-1), pruned.reshape(-1)
         for start in range(0, flat_original.size, _CHUNK):
+            total = _magnitude_sum(flat_original[start : start + _CHUNK])
+            self.total_sum += total
+            if values_kept:
+                kept = _magnitude_sum(flat_pruned[start : start + _CHUNK])
+                self.kept_sum += kept
+                self.error_sum += total - kept
+                continue
             a = flat_original[start : start + _CHUNK].astype(compute, copy=False)
             d = flat_pruned[start : start + _CHUNK].astype(compute, copy=False)
-            magnitude = np.abs(a)
-            self.total_sum += float(np.add.reduce(magnitude, dtype=np.float64))
-            self.kept_sum += float(np.add.reduce(magnitude * (d != 0), dtype=np.float64))
+            self.kept_sum += float(np.add.reduce(np.abs(a) * (d != 0), dtype=np.float64))
             self.error_sum += float(np.add.reduce(np.abs(a - d), dtype=np.float64))
         self.total += original.size
+
+    @property
+    def finite(self) -> bool:
+        """False when the original held NaN or Inf (its magnitude sum is then not finite)."""
+        return math.isfinite(self.total_sum)
 
     def result(self) -> PruneMetrics:
         if self.total == 0:
@@ -112,6 +129,20 @@ class DenseMetrics:
             kept_magnitude_mean=self.kept_sum / (self.total - pruned_count),
             pruned_magnitude_mean=pruned_sum / pruned_count,
         )
+
+
+#: float32 value of every float16 magnitude bit pattern (NumPy's own float16 casts are slow).
+_FLOAT16_MAGNITUDES = np.arange(0x8000, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _magnitude_sum(chunk: np.ndarray) -> float:
+    """``sum(|chunk|)``: floats through their magnitude bits, summed pairwise in float32 (float64 for float64)."""
+    if chunk.dtype == np.float16:
+        return float(np.add.reduce(_FLOAT16_MAGNITUDES.take(magnitude_key(chunk))))
+    if _is_float(chunk.dtype):
+        accumulate = np.float64 if chunk.dtype == np.float64 else np.float32
+        return float(np.add.reduce(magnitude_key(chunk).view(chunk.dtype), dtype=accumulate))
+    return float(np.add.reduce(np.abs(chunk.astype(np.float64))))
 
 
 def compute_metrics_dense(original: np.ndarray, pruned: np.ndarray, axis: int) -> PruneMetrics:

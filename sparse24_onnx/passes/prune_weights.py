@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import mmap
+import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
 
-from ..core import DenseMetrics, compute_metrics_dense
+from ..core import DenseMetrics
 from ..methods import PruneMethod
-from ..weights import Status, WeightRecord, data_problem, weight_records
+from ..weights import Status, WeightRecord, weight_records
 from .base import InPlacePass, PassResult
 
 __all__ = ["InMemory", "PruneWeights", "TensorSink"]
@@ -51,12 +50,13 @@ class PruneWeights(InPlacePass):
 
     The dense layout (pruned elements stored as zeros) is what TensorRT reads;
     name, dtype, doc string and metadata of each tensor are kept.  Weights with
-    NaN or Inf are skipped.  Needs :class:`FindWeights` to have run.
+    NaN or Inf are skipped (found by the metrics, not by a pass of their own).
+    Needs :class:`FindWeights` to have run.
 
     Memory: when the sink writes to a side file, a weight held in external
     data is streamed through in blocks of whole rows (for methods that allow
-    it), and the pages of the source mapping are dropped as each block is
-    done, so memory stays near ``BLOCK_BYTES`` whatever the tensor's size.
+    it), read into one reused buffer and pruned into another, so memory stays
+    near ``2 * BLOCK_BYTES`` whatever the tensor's size.
 
     Args:
         method: Chooses the kept elements (see :mod:`sparse24_onnx.methods`).
@@ -68,6 +68,7 @@ class PruneWeights(InPlacePass):
         self.method = method
         self.progress = progress
         self.sink = sink or InMemory()
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         todo = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
@@ -76,27 +77,29 @@ class PruneWeights(InPlacePass):
                 self.progress(done, len(todo), record)
             tensor = record.source.tensor
             writer = None
-            if self.method.blockwise and isinstance(tensor, ir.ExternalTensor):
+            if self.method.blockwise and _streamable(tensor):
                 writer = self.sink.begin(tensor)
             if writer is not None:
                 self._prune_streaming(record, tensor, writer)
             else:
                 self._prune(record, tensor)
             if isinstance(tensor, ir.ExternalTensor):
-                tensor.release()  # unmap the source: memory holds one weight at a time
+                tensor.release()  # unmap the source, if it was mapped
+        self._buffers = None
         return PassResult(model, modified=bool(todo), weights=todo)
 
     def _prune(self, record: WeightRecord, tensor: ir.TensorProtocol) -> None:
         weights = tensor.numpy()
-        problem = data_problem(weights)
-        if problem:
-            record.skip(problem)
-            return
         pruned = self.method.prune(record, weights)
         if isinstance(pruned, str):
             record.skip(pruned)
             return
-        record.metrics = compute_metrics_dense(weights, pruned, record.axis)
+        metrics = DenseMetrics()
+        metrics.add(weights, pruned, values_kept=self.method.values_kept)
+        if not metrics.finite:
+            record.skip(NOT_FINITE)
+            return
+        record.metrics = metrics.result()
         result = ir.Tensor(
             pruned,
             dtype=tensor.dtype,
@@ -108,42 +111,67 @@ class PruneWeights(InPlacePass):
         record.status = Status.PRUNED
 
     def _prune_streaming(self, record: WeightRecord, tensor: ir.ExternalTensor, writer) -> None:
-        weights = tensor.numpy()  # a read-only view of the mapped side file
+        dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+        shape = tuple(int(d) for d in tensor.shape)
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        source, target = self._block_buffers(row_items * dtype.itemsize * _block_rows(shape, record.axis, dtype))
         metrics = DenseMetrics()
-        for rows in _row_blocks(weights.shape, record.axis, weights.itemsize):
-            block = weights[rows]
-            problem = data_problem(block)
-            pruned = problem or self.method.prune(record, block)
-            if isinstance(pruned, str):
-                writer.abort()
-                record.skip(pruned)
-                return
-            metrics.add(block, pruned)
-            writer.write(pruned)
-            _drop_pages(tensor, weights, rows)
+        with open(tensor.path, "rb") as file:
+            file.seek(tensor.offset or 0)
+            for rows in _row_blocks(shape, record.axis, dtype):
+                count = (rows.stop - rows.start) * row_items
+                block = source[: count * dtype.itemsize].view(dtype).reshape((rows.stop - rows.start, *shape[1:]))
+                if file.readinto(memoryview(block).cast("B")) != block.nbytes:
+                    writer.abort()
+                    record.skip(f"its external data in {tensor.location} ends early")
+                    return
+                pruned = target[: block.nbytes].view(dtype).reshape(block.shape)
+                result = self.method.prune(record, block, out=pruned)
+                if isinstance(result, str):
+                    writer.abort()
+                    record.skip(result)
+                    return
+                metrics.add(block, result, values_kept=self.method.values_kept)
+                if not metrics.finite:
+                    writer.abort()
+                    record.skip(NOT_FINITE)
+                    return
+                writer.write(result)
         record.metrics = metrics.result()
         record.source.replace(writer.finish())
         record.status = Status.PRUNED
 
+    def _block_buffers(self, nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two byte buffers of at least ``nbytes``, kept across weights so their pages are reused."""
+        if self._buffers is None or self._buffers[0].nbytes < nbytes:
+            self._buffers = (np.empty(nbytes, dtype=np.uint8), np.empty(nbytes, dtype=np.uint8))
+        return self._buffers
 
-def _row_blocks(shape: tuple[int, ...], axis: int, itemsize: int) -> Iterator[slice]:
-    """Slices along axis 0 of about ``BLOCK_BYTES``; multiples of 4 rows when the groups run along axis 0."""
-    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+
+NOT_FINITE = "contains NaN or Inf"
+
+
+def _streamable(tensor: ir.TensorProtocol) -> bool:
+    """An external tensor whose bytes can be read in rows: byte-sized elements, rank >= 1, little-endian host."""
+    return (
+        isinstance(tensor, ir.ExternalTensor)
+        and tensor.dtype.bitwidth >= 8
+        and len(tensor.shape) >= 1
+        and sys.byteorder == "little"
+    )
+
+
+def _block_rows(shape: tuple[int, ...], axis: int, dtype: np.dtype) -> int:
+    """Rows per block: about ``BLOCK_BYTES``, a multiple of 4 when the groups run along axis 0."""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
     step = max(1, BLOCK_BYTES // row_bytes)
     if axis == 0:
         step = max(4, step - step % 4)
+    return min(step, max(1, shape[0]))
+
+
+def _row_blocks(shape: tuple[int, ...], axis: int, dtype: np.dtype) -> Iterator[slice]:
+    """Consecutive slices along axis 0 of :func:`_block_rows` rows each."""
+    step = _block_rows(shape, axis, dtype)
     for start in range(0, shape[0], step):
         yield slice(start, min(start + step, shape[0]))
-
-
-def _drop_pages(tensor: ir.ExternalTensor, weights: np.ndarray, rows: slice) -> None:
-    """Tell the kernel the mapped pages of these rows are not needed any more (they stay cached on disk)."""
-    raw = getattr(tensor, "raw", None)
-    if raw is None or not hasattr(raw, "madvise"):
-        return
-    row_bytes = weights.nbytes // max(1, weights.shape[0])
-    start = (tensor.offset or 0) + rows.start * row_bytes
-    stop = (tensor.offset or 0) + rows.stop * row_bytes
-    aligned = start - start % mmap.PAGESIZE
-    with contextlib.suppress(OSError, ValueError):  # advice only
-        raw.madvise(mmap.MADV_DONTNEED, aligned, stop - aligned)
