@@ -62,7 +62,8 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     if size == 0:
         raise BadInput(f"{path}: empty file, not an ONNX model")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        data = path.read_bytes()
+        proto = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeError, ValueError) as error:
         raise BadInput(f"{path}: not an ONNX model (cannot parse it: {_first_line(error)})") from None
     except OSError as error:
@@ -71,11 +72,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
     if check:
         try:
-            # By path: the checker reads the file in C++, which is faster than handing
-            # it the parsed message, finds external data, and works above 2 GiB.
-            onnx.checker.check_model(str(path))
+            # The bytes already read go to the C++ checker as they are (no second read,
+            # no serialisation); with external data it needs the path to find the side files.
+            onnx.checker.check_model(str(path) if _uses_external_data(proto) else data)
         except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
             raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
+    del data
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
@@ -98,6 +100,14 @@ def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
                 if attribute.HasField("g"):
                     pending.append(attribute.g)
                 pending.extend(attribute.graphs)
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(
+        tensor.data_location == onnx.TensorProto.EXTERNAL
+        for graph in _proto_graphs(proto)
+        for tensor in graph.initializer
+    )
 
 
 def _forget_implied_initializer_types(model: ir.Model, proto: onnx.ModelProto) -> None:

@@ -7,7 +7,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sparse24 import GROUP, Sparse24Tensor, _is_float, _normalize_axis, decompress, keep_mask, magnitude_key
+from .sparse24 import (
+    GROUP,
+    Sparse24Tensor,
+    _bits,
+    _is_float,
+    _normalize_axis,
+    decompress,
+    keep_mask,
+    magnitude_key,
+)
 
 __all__ = ["DenseMetrics", "PruneMetrics", "compute_metrics", "compute_metrics_dense"]
 
@@ -77,57 +86,62 @@ class DenseMetrics:
     For methods that keep the kept values as they were (magnitude, gradient,
     Wanda) the figures equal those of :func:`compute_metrics` on the compressed
     form; for a method that updates them, a kept value updated to exactly 0
-    would count as pruned.  Blocks are processed in chunks in float32 (float64
-    for float64 weights) and summed in float64, so a tensor can be fed block by
-    block as it streams through.
+    would count as pruned.  Kept and pruned magnitudes are summed separately
+    (never one as a difference of totals), in chunks, pairwise in float32
+    (float64 for float64 weights), accumulated in float64; a tensor can be fed
+    block by block as it streams through.
     """
 
     def __init__(self) -> None:
         self.total = 0
-        self.total_sum = self.kept_sum = self.error_sum = 0.0
+        self.kept_sum = self.pruned_sum = self.error_sum = 0.0
 
     def add(self, original: np.ndarray, pruned: np.ndarray, *, values_kept: bool = False) -> None:
         """Account for one block (any shape, the same for both; whole groups of 4).
 
         Args:
             values_kept: The method leaves kept values as they were (magnitude,
-                gradient, Wanda): then ``|w - w'|`` is ``|w|`` where pruned and 0
-                where kept, and two sums (of ``|w|`` and ``|w'|``) give all figures.
+                gradient, Wanda): then the bits of ``w XOR w'`` are ``w`` where pruned
+                and 0 where kept, and ``|w - w'|`` sums to the pruned magnitude.
         """
         if original.shape != pruned.shape:
             raise ValueError(f"original has shape {original.shape}, pruned {pruned.shape}")
-        compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
         flat_original, flat_pruned = original.reshape(-1), pruned.reshape(-1)
+        exact = values_kept and _is_float(original.dtype) and original.dtype == pruned.dtype
+        compute = np.float64 if np.float64 in (original.dtype, pruned.dtype) else np.float32
         for start in range(0, flat_original.size, _CHUNK):
-            total = _magnitude_sum(flat_original[start : start + _CHUNK])
-            self.total_sum += total
-            if values_kept:
-                kept = _magnitude_sum(flat_pruned[start : start + _CHUNK])
+            a = flat_original[start : start + _CHUNK]
+            d = flat_pruned[start : start + _CHUNK]
+            if exact:
+                kept = _magnitude_sum(d)
+                dropped = _magnitude_sum(np.bitwise_xor(_bits(a), _bits(d)).view(a.dtype))
                 self.kept_sum += kept
-                self.error_sum += total - kept
+                self.pruned_sum += dropped
+                self.error_sum += dropped
                 continue
-            a = flat_original[start : start + _CHUNK].astype(compute, copy=False)
-            d = flat_pruned[start : start + _CHUNK].astype(compute, copy=False)
-            self.kept_sum += float(np.add.reduce(np.abs(a) * (d != 0), dtype=np.float64))
-            self.error_sum += float(np.add.reduce(np.abs(a - d), dtype=np.float64))
+            a = np.abs(a.astype(compute))
+            d = d.astype(compute)
+            nonzero = d != 0
+            self.kept_sum += float(np.add.reduce(a * nonzero, dtype=np.float64))
+            self.pruned_sum += float(np.add.reduce(a * ~nonzero, dtype=np.float64))
+            self.error_sum += float(np.add.reduce(np.abs(flat_original[start : start + _CHUNK].astype(compute) - d)))
         self.total += original.size
 
     @property
     def finite(self) -> bool:
-        """False when the original held NaN or Inf (its magnitude sum is then not finite)."""
-        return math.isfinite(self.total_sum)
+        """False when the original held NaN or Inf (its magnitude sums are then not finite)."""
+        return math.isfinite(self.kept_sum + self.pruned_sum)
 
     def result(self) -> PruneMetrics:
         if self.total == 0:
             return PruneMetrics(0, 0, 0.0, 0.0, 0.0)
         pruned_count = self.total // 2
-        pruned_sum = max(self.total_sum - self.kept_sum, 0.0)
         return PruneMetrics(
             pruned_count=pruned_count,
             total_count=self.total,
             approximation_error=self.error_sum / self.total,
             kept_magnitude_mean=self.kept_sum / (self.total - pruned_count),
-            pruned_magnitude_mean=pruned_sum / pruned_count,
+            pruned_magnitude_mean=self.pruned_sum / pruned_count,
         )
 
 
