@@ -198,7 +198,8 @@ class StagedOutput:
         except OSError as error:
             raise BadInput(f"{destination.parent}: cannot write in the output folder ({error.strerror})") from None
         self.path = self.folder / destination.name
-        self._data = open(self.folder / self.data_name, "wb") if self.data_name else None  # noqa: SIM115
+        # Unbuffered: blocks go to the kernel in slices of WRITE_BYTES (see _write_array).
+        self._data = open(self.folder / self.data_name, "wb", buffering=0) if self.data_name else None  # noqa: SIM115
         self._saved = False
 
     @property
@@ -211,7 +212,10 @@ class StagedOutput:
             return tensor
         offset = self._data.tell()
         try:
-            tensor.tofile(self._data)
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.tofile(self._data)  # copy_file_range: the kernel copies, no user-space pass
+            else:
+                _write_array(self._data, tensor.numpy())
         except OSError as error:
             raise BadInput(f"{self.destination}: cannot write the side file ({error.strerror or error})") from None
         return ir.ExternalTensor(
@@ -274,6 +278,22 @@ class StagedOutput:
         self.discard()
 
 
+#: Bytes per write() call.  On the machines measured, 1 MiB writes into a fresh
+#: file ran 2 to 3 times faster than 64 MiB ones, which make the kernel find
+#: all their page-cache pages in one call.
+WRITE_BYTES = 1 << 20
+
+
+def _write_array(file, array: np.ndarray) -> None:
+    """Write an array's bytes (C order, native = little-endian layout) in WRITE_BYTES slices."""
+    data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    for start in range(0, data.nbytes, WRITE_BYTES):
+        chunk = data[start : start + WRITE_BYTES]
+        while chunk:
+            written = file.write(chunk)
+            chunk = chunk[written:]
+
+
 class TensorWriter:
     """Writes one tensor into a staged side file block by block (C order), then describes it.
 
@@ -289,7 +309,7 @@ class TensorWriter:
 
     def write(self, block: np.ndarray) -> None:
         try:
-            np.ascontiguousarray(block).tofile(self.file)
+            _write_array(self.file, block)
         except OSError as error:
             raise BadInput(f"{self.staged.destination}: cannot write the side file ({error.strerror})") from None
 

@@ -6,14 +6,15 @@ import numpy as np
 
 from .sparse24 import (
     GROUP,
+    Scratch,
     _bits,
     _check_importance,
     _chunk_rows,
     _grouped,
     _keep_masks,
     _normalize_axis,
+    _score_chunk,
     decompress,
-    magnitude_key,
     prune_24,
 )
 
@@ -55,9 +56,10 @@ def prune_24_dense(
     bits = _bits(x)
     dense = np.empty(weights.shape, dtype=weights.dtype) if out is None else out
     out = _bits(dense.reshape(x.shape))
+    scratch = Scratch()
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
-        masks = _keep_masks(magnitude_key(x[sl]) if score is None else score[sl])
+        masks = _keep_masks(_score_chunk(x, score, sl, scratch))
         for q, k in enumerate(masks):
             np.multiply(b[:, q], k, out=out[sl, q])
     return dense

@@ -9,6 +9,7 @@ import numpy as np
 
 from .sparse24 import (
     GROUP,
+    Scratch,
     Sparse24Tensor,
     _bits,
     _is_float,
@@ -95,6 +96,7 @@ class DenseMetrics:
     def __init__(self) -> None:
         self.total = 0
         self.kept_sum = self.pruned_sum = self.error_sum = 0.0
+        self._scratch = Scratch()
 
     def add(self, original: np.ndarray, pruned: np.ndarray, *, values_kept: bool = False) -> None:
         """Account for one block (any shape, the same for both; whole groups of 4).
@@ -113,8 +115,9 @@ class DenseMetrics:
             a = flat_original[start : start + _CHUNK]
             d = flat_pruned[start : start + _CHUNK]
             if exact:
-                kept = _magnitude_sum(d)
-                dropped = _magnitude_sum(np.bitwise_xor(_bits(a), _bits(d)).view(a.dtype))
+                work = self._scratch.array(a.shape, f"u{a.dtype.itemsize}")
+                kept = _magnitude_sum(d, work)
+                dropped = _magnitude_sum(np.bitwise_xor(_bits(a), _bits(d), out=work).view(a.dtype), work)
                 self.kept_sum += kept
                 self.pruned_sum += dropped
                 self.error_sum += dropped
@@ -149,13 +152,17 @@ class DenseMetrics:
 _FLOAT16_MAGNITUDES = np.arange(0x8000, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-def _magnitude_sum(chunk: np.ndarray) -> float:
-    """``sum(|chunk|)``: floats through their magnitude bits, summed pairwise in float32 (float64 for float64)."""
+def _magnitude_sum(chunk: np.ndarray, work: np.ndarray | None = None) -> float:
+    """``sum(|chunk|)``: floats through their magnitude bits, summed pairwise in float32 (float64 for float64).
+
+    ``work``: an unsigned array of the chunk's shape and item size to use as
+    scratch (it may be ``chunk``'s own bits).
+    """
     if chunk.dtype == np.float16:
-        return float(np.add.reduce(_FLOAT16_MAGNITUDES.take(magnitude_key(chunk))))
+        return float(np.add.reduce(_FLOAT16_MAGNITUDES.take(magnitude_key(chunk, out=work))))
     if _is_float(chunk.dtype):
         accumulate = np.float64 if chunk.dtype == np.float64 else np.float32
-        return float(np.add.reduce(magnitude_key(chunk).view(chunk.dtype), dtype=accumulate))
+        return float(np.add.reduce(magnitude_key(chunk, out=work).view(chunk.dtype), dtype=accumulate))
     return float(np.add.reduce(np.abs(chunk.astype(np.float64))))
 
 

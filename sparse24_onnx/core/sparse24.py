@@ -96,19 +96,25 @@ def _group_count(shape: tuple[int, ...], axis: int) -> int:
     return -(-shape[axis] // GROUP)
 
 
-def magnitude_key(weights: np.ndarray) -> np.ndarray:
+def magnitude_key(weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """An array that orders like ``abs(weights)``, computed without arithmetic.
 
     For IEEE floats (float16, bfloat16, float32, float64) clearing the sign bit of
     the bit pattern and reading it as an unsigned integer orders exactly like
-    the magnitude (NaN orders above inf).  For integers it is ``abs`` in a wider
-    type so that the most negative value does not overflow.
+    the magnitude (NaN orders above inf); read back as the float type, it *is*
+    the magnitude.  For integers it is ``abs`` in a wider type so that the most
+    negative value does not overflow.
+
+    Args:
+        weights: Any array.
+        out: For floats, an unsigned array of the same shape and item size to
+            write into (reusing a buffer spares fresh pages in hot loops).
     """
     weights = np.asarray(weights)
     if _is_float(weights.dtype):
         uint = np.dtype(f"u{weights.dtype.itemsize}")
         sign = np.array(1 << (8 * weights.dtype.itemsize - 1), dtype=uint)
-        return np.bitwise_and(weights.view(uint), ~sign)
+        return np.bitwise_and(weights.view(uint), ~sign, out=out)
     if weights.dtype.kind in "iu":
         return np.abs(weights.astype(np.int64))
     raise TypeError(f"cannot rank elements of dtype {weights.dtype} by magnitude")
@@ -226,6 +232,34 @@ def _bits(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class Scratch:
+    """One reusable byte buffer handing out arrays of any shape and dtype.
+
+    Hot loops over chunks reuse its memory instead of allocating fresh arrays,
+    whose first touch (page faults) can cost more than the arithmetic.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, dtype=np.uint8)
+
+    def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self._buffer.nbytes < nbytes:
+            self._buffer = np.empty(nbytes, dtype=np.uint8)
+        return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def _score_chunk(x: np.ndarray, score: np.ndarray | None, sl: slice, scratch: Scratch) -> np.ndarray:
+    """Scores of one chunk: the given importance, or the magnitude key written into scratch."""
+    if score is not None:
+        return score[sl]
+    chunk = x[sl]
+    if _is_float(chunk.dtype):
+        return magnitude_key(chunk, out=scratch.array(chunk.shape, f"u{chunk.dtype.itemsize}"))
+    return magnitude_key(chunk)
+
+
 def _keep_masks(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boolean masks ``k0..k3`` of the 2 kept members of every group of a ``(rows, 4, post)`` chunk.
 
@@ -300,9 +334,10 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
     kept = np.empty((rows, KEEP, post), dtype=weights.dtype)
     kept_bits = _bits(kept)
     codes = np.empty((rows, post), dtype=np.uint8)
+    scratch = Scratch()
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
-        k0, k1, k2, k3 = _keep_masks(magnitude_key(x[sl]) if score is None else score[sl])
+        k0, k1, k2, k3 = _keep_masks(_score_chunk(x, score, sl, scratch))
         # The lower kept position is 0, 1 or 2; the higher one 3, 2 or 1.  Exactly
         # one product in each sum is non-zero, so the sums are exact selects.
         not0, not3 = ~k0, ~k3
