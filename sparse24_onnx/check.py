@@ -14,8 +14,9 @@ import sys
 
 from . import __version__
 from .cli import ArgumentParser, run_main
+from .compressed import compressed_entries, read_sparse_weights
 from .core import count_dense_groups
-from .errors import ExitCode
+from .errors import BadInput, ExitCode
 from .model_io import load_model
 from .passes import FindWeights, read_provenance
 from .report import check_report_path, format_table, tensor_entry, write_json
@@ -71,6 +72,36 @@ def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -
         record.reason = f"{dense} of {groups} groups of 4 ({100 * dense / groups:.1f}%) have more than 2 non-zeros"
 
 
+def compressed_records(model) -> list[WeightRecord]:
+    """Records for the weights stored in the compressed format (2:4 when their metadata is well formed)."""
+    entries = compressed_entries(model)
+    try:
+        weights = read_sparse_weights(model)
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadInput(f"{model.graph.name}: unreadable compressed weights ({error})") from None
+    records = []
+    for name, sparse in weights.items():
+        entry = entries[name]
+        record = WeightRecord(
+            name=name,
+            source=None,
+            graph=str(entry.get("graph", "")),
+            shape=sparse.shape,
+            dtype=str(entry.get("dtype", "")),
+            axis=sparse.axis,
+            storage="compressed",
+        )
+        invalid = sparse.invalid_groups()
+        if invalid:
+            record.status = Status.NOT_SPARSE
+            record.reason = f"{invalid} of {sparse.num_groups} groups have an invalid position code"
+        else:
+            record.status = Status.SPARSE
+            record.reason = "stored compressed: 2 values and their positions per group of 4"
+        records.append(record)
+    return records
+
+
 def _run(args) -> int:
     find = FindWeights(args.exclude)
     check_report_path(args.report)
@@ -78,6 +109,7 @@ def _run(args) -> int:
     records = find(model).weights
     intended = {} if args.strict else read_provenance(model).get("dense", {})
     check_records(records, intended if isinstance(intended, dict) else {})
+    records += compressed_records(model)
 
     failing = [r for r in records if r.status == Status.NOT_SPARSE]
     sparse = [r for r in records if r.status == Status.SPARSE]

@@ -25,7 +25,7 @@ from .model_io import (
     initializer_bytes,
     load_model,
 )
-from .passes import FindWeights, Pipeline, PruneWeights, RecordProvenance
+from .passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
 from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
 from .validate import compare_runs, open_session, run_feeds
 from .weights import Status, WeightRecord, weight_records
@@ -58,6 +58,13 @@ def build_parser() -> ArgumentParser:
         action="append",
         default=[],
         help="leave dense the weights whose name, or the name of a node using them, matches (repeatable)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("dense", "compressed"),
+        default="dense",
+        help="dense: pruned weights with their zeros, what TensorRT reads (default); compressed: kept values + "
+        "2-bit positions and a decompression subgraph, about half the size, runs in stock onnxruntime",
     )
     parser.add_argument(
         "--external-data",
@@ -186,11 +193,11 @@ def _run(args) -> int:
     exit_code = ExitCode.OK
     written: list[Path] = []
     with StagedOutput(out, external_data=external, input_files=input_files) as staged:
-        pipeline = Pipeline(
-            find,
-            PruneWeights(method, progress=progress.weight, sink=staged),
-            RecordProvenance(method.name),
-        )
+        compressed = args.format == "compressed"
+        passes = [find, PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
+        if compressed:
+            passes.append(CompressWeights(sink=staged))
+        pipeline = Pipeline(*passes, RecordProvenance(method.name, args.format))
         pipeline(model)
         records = weight_records(model)
         progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))
@@ -217,8 +224,8 @@ def _run(args) -> int:
                 "output": str(out) if written else None,
                 "files": [str(p) for p in written],
                 "method": method.name,
-                "format": "dense",
-                "summary": _summary(records),
+                "format": args.format,
+                "summary": _summary(records, [inp, *sorted(input_files)], written),
                 "tensors": [tensor_entry(r) for r in records],
                 "validation": validation,
                 "exit_code": int(exit_code),
@@ -238,14 +245,17 @@ def _run(args) -> int:
     return int(exit_code)
 
 
-def _summary(records: list[WeightRecord]) -> dict[str, int]:
+def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path]) -> dict[str, int | None]:
     pruned = [r for r in records if r.status == Status.PRUNED]
     return {
         "weights_found": len(records),
         "pruned": len(pruned),
         "skipped": len(records) - len(pruned),
+        "stored_compressed": sum(r.storage == "compressed" for r in pruned),
         "pruned_elements": sum(r.metrics.pruned_count for r in pruned if r.metrics),
         "total_elements": sum(r.metrics.total_count for r in pruned if r.metrics),
+        "input_bytes": sum(p.stat().st_size for p in inputs),
+        "output_bytes": sum(p.stat().st_size for p in written) if written else None,
     }
 
 
@@ -256,6 +266,9 @@ def _verdict(records, pruned, validation, written: Path | None) -> str:
         head = f"nothing to prune: all {len(records)} weights were skipped (reasons above)"
     else:
         head = f"pruned {len(pruned)} of {len(records)} weights to 2:4"
+        stored = sum(r.storage == "compressed" for r in pruned)
+        if stored:
+            head += f" ({stored} stored compressed)"
     if validation is not None:
         worst = validation["worst_rel_l2_error"]
         bound = validation["max_rel_error"]

@@ -41,6 +41,8 @@ def tensor_entry(record: WeightRecord) -> dict[str, object]:
         "axis": record.axis,
         "status": record.status,
         "reason": record.reason,
+        "storage": record.storage if record.status in (Status.PRUNED, Status.SPARSE) else None,
+        "storage_note": record.storage_note,
         **{name: metrics.get(name) for name in _METRIC_FIELDS},
     }
 

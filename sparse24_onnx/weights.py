@@ -146,7 +146,8 @@ class WeightRecord:
 
     Attributes:
         name: Tensor name (the initializer's, or the Constant node's output).
-        source: Where the tensor lives; ``source.tensor`` reads it, ``source.replace`` swaps it.
+        source: Where the tensor lives; ``source.tensor`` reads it, ``source.replace`` swaps it
+            (None for a weight already stored compressed, as ``check`` finds them).
         graph: The graph holding it: the main graph's name, a subgraph's name, or
             ``function <domain>.<name>``.
         shape: Dense shape.
@@ -158,10 +159,13 @@ class WeightRecord:
         metrics: Pruning quality, once pruned.
         deliberate: Left dense on the user's request (``--exclude``), not for a
             technical reason; recorded in the provenance so ``check`` accepts it.
+        storage: How a pruned weight is stored: ``dense`` or ``compressed``.
+        storage_note: Why a pruned weight stayed dense under ``--format compressed``.
+        compressed: The entry written for it in the compressed format, if any.
     """
 
     name: str
-    source: InitializerSource | ConstantNodeSource
+    source: InitializerSource | ConstantNodeSource | None
     graph: str
     shape: tuple[int, ...]
     dtype: str
@@ -171,6 +175,9 @@ class WeightRecord:
     reason: str = ""
     metrics: PruneMetrics | None = None
     deliberate: bool = False
+    storage: str = "dense"
+    storage_note: str = ""
+    compressed: object | None = None
 
     def skip(self, reason: str, *, deliberate: bool = False) -> None:
         """Mark the weight as not to be pruned, for ``reason`` (one line)."""
@@ -188,11 +195,34 @@ def _is_default(node: ir.Node) -> bool:
     return node.domain in _DEFAULT_DOMAINS
 
 
-def _is_constant(value: ir.Value | None) -> bool:
+def _is_constant(value: ir.Value | None, seen: dict[int, bool] | None = None, depth: int = 0) -> bool:
+    """True for initializers, Constant outputs, and values computed from constants only.
+
+    The last case covers a weight stored in the compressed format, whose dense
+    form is the output of its decompression subgraph.  Nodes with subgraphs
+    (If, Loop, Scan) are not looked into.
+    """
     if value is None or value.is_graph_input():
         return False
+    if value.const_value is not None:
+        return True
     producer = value.producer()
-    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
+    if producer is None or depth > 4 * _MAX_DEPTH:
+        return False
+    if producer.op_type == "Constant":
+        return True
+    seen = {} if seen is None else seen
+    if id(producer) in seen:
+        return seen[id(producer)]
+    constant = (
+        bool(producer.inputs)
+        and not any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in producer.attributes.values()
+        )
+        and all(i is None or _is_constant(i, seen, depth + 1) for i in producer.inputs)
+    )
+    seen[id(producer)] = constant
+    return constant
 
 
 def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[int | None, str]:

@@ -12,6 +12,7 @@ from .sparse24 import (
     _chunk_rows,
     _grouped,
     _keep_masks,
+    _negative_zero,
     _normalize_axis,
     _score_chunk,
     decompress,
@@ -24,7 +25,7 @@ __all__ = ["prune_24_dense"]
 def prune_24_dense(
     weights: np.ndarray, axis: int, importance: np.ndarray | None = None, *, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """The dense 2:4-pruned tensor: kept elements bit-identical, pruned elements +0.
+    """The dense 2:4-pruned tensor: kept elements bit-identical (-0.0 becomes +0.0), pruned elements +0.
 
     The same selection as :func:`~sparse24_onnx.core.prune_24` (the 2 highest
     importance per group, ties to the lower index; ``importance=None`` ranks by
@@ -56,10 +57,13 @@ def prune_24_dense(
     bits = _bits(x)
     dense = np.empty(weights.shape, dtype=weights.dtype) if out is None else out
     out = _bits(dense.reshape(x.shape))
+    negative_zero = _negative_zero(weights.dtype)
     scratch = Scratch()
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
         masks = _keep_masks(_score_chunk(x, score, sl, scratch))
         for q, k in enumerate(masks):
+            if negative_zero is not None:  # a kept -0.0 is written as +0.0 (see _drop_negative_zero)
+                k &= b[:, q] != negative_zero
             np.multiply(b[:, q], k, out=out[sl, q])
     return dense

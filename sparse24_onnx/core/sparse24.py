@@ -191,6 +191,10 @@ class Sparse24Tensor:
         nonzero = int(np.count_nonzero(self.values))
         return 100.0 * (self.num_elements - nonzero) / self.num_elements
 
+    def invalid_groups(self) -> int:
+        """Groups whose code is not ``p0 | p1 << 2`` with ``p0 < p1`` (0 for a well-formed tensor)."""
+        return int(np.count_nonzero(_CODE_TO_MASK[self.codes()] == 0))
+
     def codes(self) -> np.ndarray:
         """The 4-bit code of every group, shape ``(pre, G, post)``, ``uint8``."""
         pre = int(np.prod(self.shape[: self.axis], dtype=np.int64))
@@ -260,6 +264,23 @@ def _score_chunk(x: np.ndarray, score: np.ndarray | None, sl: slice, scratch: Sc
     return magnitude_key(chunk)
 
 
+def _negative_zero(dtype: np.dtype) -> np.ndarray | None:
+    """The bit pattern of -0.0 for a float dtype (as its unsigned view), else None."""
+    if not _is_float(dtype):
+        return None
+    return np.array(1 << (8 * dtype.itemsize - 1), dtype=f"u{dtype.itemsize}")
+
+
+def _drop_negative_zero(bits: np.ndarray, negative_zero: np.ndarray) -> None:
+    """Turn -0.0 into +0.0 in place: pruned tensors hold only +0 zeros (the same value).
+
+    A kept element that was -0.0 would otherwise survive as -0.0 while the
+    compressed format's decompression graph (multiply-add, not a bitwise
+    select) rebuilds it as +0.0; with one zero, both stay bit-identical.
+    """
+    np.multiply(bits, bits != negative_zero, out=bits)
+
+
 def _keep_masks(score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boolean masks ``k0..k3`` of the 2 kept members of every group of a ``(rows, 4, post)`` chunk.
 
@@ -322,7 +343,8 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
 
     Returns:
         The pruned tensor in compressed form; ``decompress`` gives the dense
-        pruned tensor (the pruned elements set to zero).
+        pruned tensor (the pruned elements set to zero).  Kept values keep their
+        bits, except that a kept -0.0 becomes +0.0.
     """
     weights = np.asarray(weights)
     axis = _normalize_axis(axis, weights.ndim)
@@ -334,6 +356,7 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
     kept = np.empty((rows, KEEP, post), dtype=weights.dtype)
     kept_bits = _bits(kept)
     codes = np.empty((rows, post), dtype=np.uint8)
+    negative_zero = _negative_zero(weights.dtype)
     scratch = Scratch()
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
@@ -350,6 +373,9 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
         np.multiply(b[:, 3], k3, out=high)
         high += b[:, 2] * (k2 & not3)
         high += b[:, 1] * take1
+        if negative_zero is not None:
+            _drop_negative_zero(low, negative_zero)
+            _drop_negative_zero(high, negative_zero)
         # p0 = 0, 1 or 2 and p1 = 3, 2 or 1, from the same masks.
         p0 = not0.view(np.uint8) + take2.view(np.uint8)
         p1 = 3 - not3.view(np.uint8) - take1.view(np.uint8)

@@ -2,16 +2,18 @@
 
 ``optimize`` runs::
 
-    Pipeline(FindWeights(exclude), PruneWeights(method), RecordProvenance(method.name))
+    Pipeline(FindWeights(exclude), PruneWeights(method), [CompressWeights(),] RecordProvenance(method.name))
 """
 
 from .base import PassResult, Pipeline, PipelineResult
+from .compress_weights import CompressWeights
 from .find_weights import FindWeights
 from .provenance import PROVENANCE_KEY, RecordProvenance, read_provenance
 from .prune_weights import InMemory, PruneWeights, TensorSink
 
 __all__ = [
     "PROVENANCE_KEY",
+    "CompressWeights",
     "FindWeights",
     "InMemory",
     "PassResult",

@@ -8,6 +8,7 @@ from typing import Any
 import onnx_ir as ir
 
 from .. import __version__
+from ..compressed import FORMAT_VERSION
 from ..weights import Status, weight_records
 from .base import InPlacePass, PassResult
 
@@ -21,8 +22,10 @@ class RecordProvenance(InPlacePass):
     """Write a ``sparse24`` JSON entry into the model's ``metadata_props``.
 
     The entry holds the tool and version, the method, the storage format, for
-    every pruned tensor the axis its groups of 4 run along, and the weights left
-    dense on purpose (``--exclude``) with the reason, which ``check`` accepts::
+    every pruned tensor the axis its groups of 4 run along (and, in the
+    compressed format, where its values and metadata are: see
+    :mod:`sparse24_onnx.compressed`), and the weights left dense on purpose
+    (``--exclude``) with the reason, which ``check`` accepts::
 
         {"tool": "sparse24-onnx", "version": "0.1.0", "method": "magnitude",
          "format": "dense", "tensors": {"fc1.weight": {"axis": 0}},
@@ -41,11 +44,23 @@ class RecordProvenance(InPlacePass):
             "version": __version__,
             "method": self.method,
             "format": self.storage_format,
-            "tensors": {r.name: {"axis": r.axis} for r in pruned},
+            "tensors": {r.name: _tensor_entry(r) for r in pruned},
             "dense": {r.name: r.reason for r in records if r.deliberate},
         }
+        if self.storage_format == "compressed":
+            entry["format_version"] = FORMAT_VERSION
         model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
         return PassResult(model, modified=True, weights=pruned)
+
+
+def _tensor_entry(record) -> dict[str, Any]:
+    if record.compressed is not None:
+        return record.compressed.as_dict()
+    entry: dict[str, Any] = {"axis": record.axis}
+    if record.storage_note:
+        entry["storage"] = "dense"
+        entry["reason"] = record.storage_note
+    return entry
 
 
 def read_provenance(model: ir.Model) -> dict[str, Any]:

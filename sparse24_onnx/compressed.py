@@ -1,0 +1,390 @@
+"""The compressed 2:4 storage format inside an ONNX file, version 1.
+
+A pruned weight ``W`` (dense shape ``S``, dtype ``T``, groups of 4 along ``axis``,
+``S[axis] = 4G``) is stored as two tensors and rebuilt by a small subgraph of
+standard ONNX operators whose output is named ``W``, so every consumer of ``W``
+stays as it was:
+
+* ``<W>.sparse24_values``: dtype ``T``, shape ``S`` with ``S[axis] = 2G``: the kept
+  values, ``[..., 2g, ...]`` the one at the lower position of group ``g``,
+  ``[..., 2g+1, ...]`` the one at the higher position.
+* ``<W>.sparse24_metadata``: uint8, ``ceil(n/2)`` bytes for ``n = prod(S) / 4`` groups:
+  group ``i`` (C order over ``S`` with ``S[axis]`` replaced by ``G``) has the code
+  ``p0 | p1 << 2`` (``0 <= p0 < p1 <= 3``, its kept positions) in byte ``i // 2``, low
+  nibble for even ``i``, high nibble for odd ``i``; an unused last nibble is 0.
+
+This is exactly :class:`~sparse24_onnx.core.Sparse24Tensor`'s layout.  The two
+tensors are initializers where ``W`` was an initializer (of the main graph or a
+subgraph) and ``Constant`` nodes where ``W`` was a ``Constant`` node (Paddle
+exports, model-local functions).
+
+The decompression subgraph uses only operators that exist at opset 9 and keeps
+the model's opsets: the nibbles are split with integer ``Div``/``Mul``/``Sub``
+(no bit operators), positions are compared with ``Equal`` against ``[0, 1, 2, 3]``,
+and the dense tensor is ``lower * [slot == p0] + higher * [slot == p1] + 0``, exact
+in IEEE arithmetic: a kept slot gets its value (plus zero), a pruned slot +0 (the
+final addition of +0 clears the sign of ``0 * negative``).  Pruned tensors hold no
+-0.0 (the pruning kernels write kept -0.0 as +0.0), so the result equals the
+dense-pruned tensor bit for bit.  ``Where`` would select too, but onnxruntime's
+broadcasting ``Where`` is ~4x slower than this multiply-add, and onnxruntime folds
+the subgraph into a constant each time a session is created.
+
+The model's ``metadata_props["sparse24"]`` JSON says ``"format": "compressed"``,
+``"format_version": 1`` and, per weight under ``"tensors"``: ``axis``, ``shape``,
+``dtype``, ``values``, ``metadata`` (the two tensor names), ``graph``, ``nodes``
+(the decompression nodes' names) and, for a weight that was a ``Constant`` node,
+``constant_node`` (that node's name, restored by ``expand``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from .core import Sparse24Tensor, decompress, prune_24
+from .weights import InitializerSource, WeightRecord
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MIN_OPSET",
+    "CompressedWeight",
+    "compress_record",
+    "compressed_entries",
+    "read_sparse_weights",
+    "replace_initializer",
+]
+
+FORMAT_VERSION = 1
+#: ``Where`` appears at opset 9.
+MIN_OPSET = 9
+VALUES_SUFFIX = ".sparse24_values"
+METADATA_SUFFIX = ".sparse24_metadata"
+NODE_PREFIX = "s24/"
+
+
+@dataclass
+class CompressedWeight:
+    """What was written for one weight (an entry of the metadata JSON)."""
+
+    name: str
+    axis: int
+    shape: list[int]
+    dtype: str
+    values: str
+    metadata: str
+    graph: str
+    nodes: list[str]
+    constant_node: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "axis": self.axis,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "values": self.values,
+            "metadata": self.metadata,
+            "graph": self.graph,
+            "nodes": self.nodes,
+        }
+        if self.constant_node is not None:
+            entry["constant_node"] = self.constant_node
+        return entry
+
+
+def default_opset(owner: ir.Graph | ir.Function, model: ir.Model) -> int:
+    """The default-domain opset a node in ``owner`` runs at."""
+    for imports in (getattr(owner, "opset_imports", None), model.opset_imports):
+        if imports:
+            for domain in ("", "ai.onnx"):
+                if domain in imports:
+                    return int(imports[domain])
+    return 0
+
+
+@dataclass
+class GraphContext:
+    """Per graph: where new nodes go first, and the small constants already emitted there."""
+
+    top: ir.Node | None
+    constants: dict[tuple[str, tuple[int, ...], bytes], ir.Value]
+
+
+class _Builder:
+    """Collects the nodes for one weight; small constants are shared per graph."""
+
+    def __init__(self, weight: str, taken: set[str], context: GraphContext) -> None:
+        self.weight = weight
+        self.taken = taken
+        self.context = context
+        self.nodes: list[ir.Node] = []
+        self.shared: list[ir.Node] = []
+
+    def _name(self, what: str, scope: str | None = None) -> str:
+        # Per-weight nodes are numbered (their op type says what they do): short names
+        # keep the format's overhead small; shared constants are named for what they hold.
+        if scope is None:
+            what = str(len(self.nodes))
+        base = f"{NODE_PREFIX}{self.weight if scope is None else scope}/{what}"
+        name, i = base, 1
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    def const(self, what: str, array: np.ndarray) -> ir.Value:
+        """A small constant, emitted once per graph (at its top) and shared by every weight."""
+        key = (array.dtype.str, tuple(array.shape), array.tobytes())
+        found = self.context.constants.get(key)
+        if found is not None:
+            return found
+        name = self._name(what, scope="const")
+        node = ir.node("Constant", [], {"value": ir.tensor(array, name=name)}, name=name)
+        node.outputs[0].name = name
+        self.shared.append(node)
+        self.context.constants[key] = node.outputs[0]
+        return node.outputs[0]
+
+    def tensor_const(self, tensor: ir.TensorProtocol, name: str) -> ir.Value:
+        """A Constant node holding one of the weight's own tensors (values or metadata)."""
+        node = ir.node("Constant", [], {"value": tensor}, name=name)
+        node.outputs[0].name = name
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def op(self, op_type: str, inputs: list[ir.Value], what: str, **attributes) -> ir.Value:
+        name = self._name(what)
+        node = ir.node(op_type, inputs, attributes or None, name=name)
+        node.outputs[0].name = name
+        self.nodes.append(node)
+        return node.outputs[0]
+
+
+def _decompression(
+    builder: _Builder, values: ir.Value, metadata: ir.Value, sparse: Sparse24Tensor, opset: int
+) -> ir.Value:
+    """Nodes that rebuild the dense tensor from ``values`` and ``metadata``; returns their output."""
+    shape = sparse.shape
+    axis = sparse.axis
+    pre = int(np.prod(shape[:axis], dtype=np.int64))
+    post = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+    groups = shape[axis] // 4
+    count = sparse.num_groups
+    i64 = np.int64
+
+    # Nibbles -> codes, in group order (low nibble first), as int32.
+    packed = builder.op("Cast", [metadata], "metadata_int", to=int(ir.DataType.INT32))
+    sixteen = builder.const("sixteen", np.array(16, np.int32))
+    high = builder.op("Div", [packed, sixteen], "high")
+    low = builder.op("Sub", [packed, builder.op("Mul", [high, sixteen], "high_x16")], "low")
+    column = builder.const("column_shape", np.array([-1, 1], i64))
+    pairs = builder.op(
+        "Concat",
+        [builder.op("Reshape", [low, column], "low_column"), builder.op("Reshape", [high, column], "high_column")],
+        "pairs",
+        axis=1,
+    )
+    codes = builder.op("Reshape", [pairs, builder.const("flat_shape", np.array([-1], i64))], "codes_padded")
+    if count % 2:  # drop the unused last nibble
+        if opset >= 10:
+            codes = builder.op(
+                "Slice",
+                [codes, builder.const("starts", np.array([0], i64)), builder.const("ends", np.array([count], i64))],
+                "codes",
+            )
+        else:
+            codes = builder.op("Slice", [codes], "codes", starts=[0], ends=[count], axes=[0])
+    codes = builder.op("Reshape", [codes, builder.const("codes_shape", np.array([pre, groups, 1, post], i64))], "codes")
+    four = builder.const("four", np.array(4, np.int32))
+    p1 = builder.op("Div", [codes, four], "p1")
+    p0 = builder.op("Sub", [codes, builder.op("Mul", [p1, four], "p1_x4")], "p0")
+    slots = builder.const("slots", np.arange(4, dtype=np.int32).reshape(1, 1, 4, 1))
+    at_p0 = builder.op("Equal", [p0, slots], "at_p0")
+    at_p1 = builder.op("Equal", [p1, slots], "at_p1")
+
+    # Kept values of each group, split into the lower and the higher one.
+    pairs_of_values = builder.op(
+        "Reshape", [values, builder.const("values_shape", np.array([pre, groups, 2, post], i64))], "values_grouped"
+    )
+    lower = builder.op("Gather", [pairs_of_values, builder.const("first", np.array([0], i64))], "lower", axis=2)
+    higher = builder.op("Gather", [pairs_of_values, builder.const("second", np.array([1], i64))], "higher", axis=2)
+    # dense = lower * [slot == p0] + higher * [slot == p1] + 0: a kept slot gets its value
+    # exactly (plus a zero), a pruned slot 0 * x + 0 * y, whose sign the final + (+0) clears.
+    dtype = int(ir.DataType.from_numpy(sparse.values.dtype))
+    from_lower = builder.op("Mul", [lower, builder.op("Cast", [at_p0], "is_p0", to=dtype)], "from_lower")
+    from_higher = builder.op("Mul", [higher, builder.op("Cast", [at_p1], "is_p1", to=dtype)], "from_higher")
+    zero = builder.const("zero", np.zeros((), dtype=sparse.values.dtype))
+    dense = builder.op("Sum", [from_lower, from_higher, zero], "dense")  # left to right: (a + b) + 0
+    return builder.op("Reshape", [dense, builder.const("shape", np.array(shape, i64))], "reshape")
+
+
+def _all_names(model: ir.Model) -> set[str]:
+    names = set()
+    for graph in [*model.graphs(), *model.functions.values()]:
+        for node in graph:
+            if node.name:
+                names.add(node.name)
+            names.update(v.name for v in node.outputs if v.name)
+        names.update(getattr(graph, "initializers", {}).keys())
+        names.update(v.name for v in graph.inputs if v.name)
+    return names
+
+
+def replace_initializer(graph: ir.Graph, name: str, replacements: list[ir.Value]) -> None:
+    """Put ``replacements`` where initializer ``name`` was, keeping the order of the others."""
+    order = list(graph.initializers.values())
+    graph.initializers.clear()
+    for value in order:
+        if value.name == name:
+            for replacement in replacements:
+                graph.register_initializer(replacement)
+        else:
+            graph.register_initializer(value)
+
+
+def compress_record(
+    model: ir.Model,
+    record: WeightRecord,
+    taken: set[str] | None = None,
+    store: Callable[[ir.TensorProtocol], ir.TensorProtocol] | None = None,
+    contexts: dict[int, GraphContext] | None = None,
+) -> CompressedWeight | str:
+    """Replace a pruned weight by values, metadata and its decompression subgraph.
+
+    Args:
+        model: The model holding the weight (changed in place).
+        record: The weight, already pruned (dense 2:4 along ``record.axis``).
+        taken: Names in use (updated); computed when not given.
+        store: Where the values and metadata initializers go (a staged side file);
+            by default they stay in memory.
+        contexts: Per-graph state shared by the weights of one model (where new
+            nodes go, the shared constants); keep one dict for a whole model.
+
+    Returns:
+        What was written, or the reason the weight was left dense (one line).
+    """
+    source = record.source
+    owner = source.value.graph if isinstance(source, InitializerSource) else source.node.graph
+    if owner is None:
+        return "cannot tell which graph holds it"
+    opset = default_opset(owner, model)
+    if opset < MIN_OPSET:
+        return f"the compressed format needs opset {MIN_OPSET} (Where); the model has {opset}"
+    taken = _all_names(model) if taken is None else taken
+    contexts = {} if contexts is None else contexts
+    context = contexts.setdefault(id(owner), GraphContext(top=next(iter(owner), None), constants={}))
+    tensor = source.tensor
+    dense = tensor.numpy()
+    sparse = prune_24(dense, None, record.axis)  # dense is 2:4 already: this keeps its non-zeros
+    if decompress(sparse).tobytes() != np.ascontiguousarray(dense).tobytes():
+        return "its dense form is not 2:4 along its axis"
+    name = record.name
+    builder = _Builder(name, taken, context)
+    values_name = _unique(name + VALUES_SUFFIX, taken)
+    metadata_name = _unique(name + METADATA_SUFFIX, taken)
+    values_tensor = ir.Tensor(sparse.values, dtype=tensor.dtype, name=values_name)
+    metadata_tensor = ir.Tensor(sparse.metadata, name=metadata_name)
+
+    if isinstance(source, InitializerSource):
+        values = ir.Value(name=values_name, const_value=store(values_tensor) if store else values_tensor)
+        metadata = ir.Value(name=metadata_name, const_value=store(metadata_tensor) if store else metadata_tensor)
+    else:
+        values = builder.tensor_const(values_tensor, values_name)
+        metadata = builder.tensor_const(metadata_tensor, metadata_name)
+
+    output = _decompression(builder, values, metadata, sparse, opset)
+    old = source.value
+    old.replace_all_uses_with(output)
+    _insert(owner, context.top, builder.shared)
+    if isinstance(source, InitializerSource):
+        replace_initializer(owner, old.name, [values, metadata])
+        _insert(owner, context.top, builder.nodes)
+    else:
+        owner.insert_before(source.node, builder.nodes)
+        owner.remove(source.node, safe=True)
+        if context.top is source.node:
+            context.top = builder.nodes[0]
+    output.name = name
+    return CompressedWeight(
+        name=name,
+        axis=int(record.axis),
+        shape=[int(d) for d in sparse.shape],
+        dtype=tensor.dtype.name,
+        values=values_name,
+        metadata=metadata_name,
+        graph=record.graph,
+        nodes=[n.name for n in builder.nodes],
+        constant_node=None if isinstance(source, InitializerSource) else (source.node.name or ""),
+    )
+
+
+def _insert(graph: ir.Graph | ir.Function, top: ir.Node | None, nodes: list[ir.Node]) -> None:
+    """Insert nodes before ``top`` (the graph's first original node), or append them to an empty graph."""
+    if not nodes:
+        return
+    if top is None:
+        graph.extend(nodes)
+    else:
+        graph.insert_before(top, nodes)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+def compressed_entries(model: ir.Model) -> dict[str, dict]:
+    """The per-weight entries of a compressed model's ``sparse24`` metadata (empty if not compressed)."""
+    text = model.metadata_props.get("sparse24")
+    if not text:
+        return {}
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(entry, dict) or entry.get("format") != "compressed":
+        return {}
+    tensors = entry.get("tensors")
+    return tensors if isinstance(tensors, dict) else {}
+
+
+def _find_tensor(model: ir.Model, name: str) -> ir.TensorProtocol | None:
+    for graph in [*model.graphs(), *model.functions.values()]:
+        value = getattr(graph, "initializers", {}).get(name)
+        if value is not None and value.const_value is not None:
+            return value.const_value
+        for node in graph:
+            if node.op_type == "Constant" and node.outputs and node.outputs[0].name == name:
+                attribute = node.attributes.get("value")
+                if attribute is not None:
+                    return attribute.value
+    return None
+
+
+def read_sparse_weights(model: ir.Model) -> dict[str, Sparse24Tensor]:
+    """Every compressed weight of a model as a :class:`Sparse24Tensor`, without running the graph.
+
+    Raises:
+        ValueError: The metadata names a tensor that is missing or has the wrong shape.
+    """
+    weights = {}
+    for name, entry in compressed_entries(model).items():
+        values = _find_tensor(model, entry["values"])
+        metadata = _find_tensor(model, entry["metadata"])
+        if values is None or metadata is None:
+            raise ValueError(f"compressed weight '{name}': tensor '{entry['values']}' or '{entry['metadata']}' missing")
+        weights[name] = Sparse24Tensor(
+            values=values.numpy(),
+            metadata=np.asarray(metadata.numpy(), dtype=np.uint8).reshape(-1),
+            shape=tuple(entry["shape"]),
+            axis=int(entry["axis"]),
+        )
+    return weights

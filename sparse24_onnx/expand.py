@@ -1,0 +1,161 @@
+"""``python -m sparse24_onnx.expand IN OUT``: turn a compressed model back into the dense-pruned one.
+
+TensorRT's ONNX parser does not fold the decompression subgraph of the
+compressed format, so a model meant for TensorRT is expanded first.  Each
+compressed weight is decompressed in NumPy and put back where it was, under
+its own name, as an initializer (or a ``Constant`` node); its decompression
+nodes and its values and metadata tensors are removed.  The expanded weights
+are byte-identical to what ``optimize --format dense`` writes, and the
+``sparse24`` metadata says ``"format": "dense"`` again.
+
+Exit codes: 0 done (also when IN has nothing compressed: OUT is then a copy);
+2 bad input or usage; 4 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import onnx_ir as ir
+
+from . import __version__
+from .cli import ArgumentParser, run_main
+from .compressed import NODE_PREFIX, compressed_entries, read_sparse_weights, replace_initializer
+from .core import decompress
+from .errors import BadInput, ExitCode
+from .model_io import (
+    PROTOBUF_LIMIT_BYTES,
+    StagedOutput,
+    check_output_path,
+    external_files,
+    initializer_bytes,
+    load_model,
+)
+from .passes import PROVENANCE_KEY, read_provenance
+
+PROG = "sparse24_onnx.expand"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=f"python -m {PROG}",
+        description="Expand a model written with `optimize --format compressed` into the dense-pruned model "
+        "(for TensorRT, whose parser does not fold the decompression subgraph).",
+        epilog="Exit codes: 0 done; 2 bad input or usage; 4 internal error.",
+    )
+    parser.add_argument("input", metavar="IN", help="a compressed model (never modified)")
+    parser.add_argument("output", metavar="OUT", help="where to write the dense-pruned model")
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store OUT's weights in a side file OUT.data (automatic above the 2 GiB protobuf limit)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--version", action="version", version=f"sparse24-onnx {__version__}")
+    return parser
+
+
+def _graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
+    return [*model.graphs(), *model.functions.values()]
+
+
+def expand_model(model: ir.Model) -> list[str]:
+    """Replace every compressed weight by its dense form, in place; return their names.
+
+    Raises:
+        BadInput: The compressed weights or their metadata are inconsistent.
+    """
+    entries = compressed_entries(model)
+    try:
+        weights = read_sparse_weights(model)
+    except ValueError as error:
+        raise BadInput(f"cannot read the compressed weights: {error}") from None
+    by_name = {node.name: (graph, node) for graph in _graphs(model) for node in graph if node.name}
+    for name, entry in entries.items():
+        sparse = weights[name]
+        dense = decompress(sparse)
+        found = [by_name[n] for n in entry.get("nodes", []) if n in by_name]
+        if not found or len(found) != len(entry.get("nodes", [])):
+            raise BadInput(f"compressed weight '{name}': its decompression nodes are not all in the model")
+        output = next((v for g, n in found for v in n.outputs if v.name == name), None)
+        if output is None:
+            raise BadInput(f"compressed weight '{name}': no decompression node produces it")
+        graph = found[0][0]
+        values_name, metadata_name = entry["values"], entry["metadata"]
+        initializers = getattr(graph, "initializers", {})
+        if values_name in initializers:
+            restored = ir.Value(name=None, const_value=None)
+            output.replace_all_uses_with(restored)
+            for _, node in reversed(found):
+                graph.remove(node, safe=True)
+            restored.name = name
+            restored.const_value = ir.Tensor(dense, dtype=initializers[values_name].const_value.dtype, name=name)
+            replace_initializer(graph, values_name, [restored])
+            del graph.initializers[metadata_name]
+        else:
+            values_node = next((n for n in graph if n.op_type == "Constant" and n.name == values_name), None)
+            if values_node is None:
+                raise BadInput(f"compressed weight '{name}': values tensor '{values_name}' not found")
+            dtype = values_node.attributes["value"].value.dtype
+            node_name = entry.get("constant_node") or name
+            constant = ir.node("Constant", [], {"value": ir.Tensor(dense, dtype=dtype, name=name)}, name=node_name)
+            graph.insert_before(values_node, constant)
+            output.replace_all_uses_with(constant.outputs[0])
+            for _, node in reversed(found):
+                graph.remove(node, safe=True)
+            constant.outputs[0].name = name
+    _drop_unused_shared_constants(model)
+    _dense_provenance(model)
+    return list(entries)
+
+
+def _drop_unused_shared_constants(model: ir.Model) -> None:
+    """Remove the small constants the decompression subgraphs shared, once nothing reads them."""
+    prefix = NODE_PREFIX + "const/"
+    for graph in _graphs(model):
+        for node in list(graph):
+            if node.op_type == "Constant" and (node.name or "").startswith(prefix) and not node.outputs[0].uses():
+                graph.remove(node, safe=True)
+
+
+def _dense_provenance(model: ir.Model) -> None:
+    """Rewrite the sparse24 metadata as ``optimize --format dense`` writes it."""
+    entry = read_provenance(model)
+    if not entry:
+        return
+    entry["format"] = "dense"
+    entry.pop("format_version", None)
+    entry["tensors"] = {
+        name: ({"axis": t["axis"]} if "values" in t else t) for name, t in entry.get("tensors", {}).items()
+    }
+    model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
+
+
+def _run(args) -> int:
+    inp = Path(args.input)
+    out = check_output_path(args.output, inp)
+    model = load_model(inp)
+    input_files = external_files(model)
+    names = expand_model(model)
+    external = args.external_data or initializer_bytes(model) > PROTOBUF_LIMIT_BYTES
+    with StagedOutput(out, external_data=external, input_files=input_files) as staged:
+        staged.save(model)
+        staged.commit()
+    if not args.quiet:
+        if names:
+            print(f"expanded {len(names)} compressed weights; wrote {out}")
+        else:
+            print(f"nothing compressed in {inp}; wrote {out} unchanged in content")
+    return int(ExitCode.OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_main(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The compressed 2:4 format: bit-identical outputs in stock onnxruntime, half the size, exact expand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sparse24_onnx.check import main as check_main
+from sparse24_onnx.compressed import read_sparse_weights
+from sparse24_onnx.core import decompress, prune_24_dense
+from sparse24_onnx.expand import main as expand_main
+from sparse24_onnx.model_io import load_model
+from sparse24_onnx.optimize import main as optimize_main
+
+from .helpers import all_tensors, packaged_file
+
+MODELS = [
+    "mlp.onnx",
+    "mlp_fp16.onnx",
+    "gemm.onnx",
+    "gemm_trans_a.onnx",
+    "matmul_a_const.onnx",
+    "transformer.onnx",
+    "skips.onnx",
+    "constant_nodes.onnx",
+    "subgraphs.onnx",
+    "function.onnx",
+    "cast_transpose.onnx",
+    "shared_gemm.onnx",
+    "both_constant.onnx",
+]
+
+
+def _feed(path, seed=0):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for arg in session.get_inputs():
+        dims = [d if isinstance(d, int) else 3 for d in arg.shape]
+        if arg.type == "tensor(bool)":
+            feed[arg.name] = np.array(True)
+        elif arg.type == "tensor(int64)":
+            feed[arg.name] = rng.integers(0, 100, dims).astype(np.int64)
+        elif arg.type in ("tensor(int32)", "tensor(int8)"):
+            feed[arg.name] = rng.integers(-3, 3, dims).astype(np.int32 if "32" in arg.type else np.int8)
+        else:
+            dtype = np.float16 if arg.type == "tensor(float16)" else np.float32
+            feed[arg.name] = rng.standard_normal(dims).astype(dtype)
+    return feed
+
+
+def _run(path, feed):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+@pytest.mark.parametrize("model", MODELS, indirect=True)
+def test_compressed_runs_bit_identical_and_expands_exactly(model, tmp_path):
+    dense, compressed, expanded = tmp_path / "d.onnx", tmp_path / "c.onnx", tmp_path / "e.onnx"
+    report = tmp_path / "c.json"
+    assert optimize_main([str(model), str(dense), "-q", "--no-validate"]) == 0
+    assert optimize_main([str(model), str(compressed), "-q", "--format", "compressed", "--report", str(report)]) == 0
+    document = json.loads(report.read_text())
+    pruned = {t["name"] for t in document["tensors"] if t["status"] == "pruned"}
+    assert pruned
+    assert {t["name"] for t in document["tensors"] if t["storage"] == "compressed"} == pruned
+    assert document["validation"]["passed"] is None
+    # onnxruntime gives the dense-pruned model's outputs, bit for bit.
+    feed = _feed(model)
+    for a, b in zip(_run(dense, feed), _run(compressed, feed), strict=True):
+        assert a.dtype == b.dtype
+        assert a.tobytes() == b.tobytes()
+    # Read back without running the graph: the same 2:4 tensors.
+    sparse = read_sparse_weights(load_model(compressed))
+    dense_tensors = all_tensors(dense)
+    assert sparse.keys() == pruned
+    for name, tensor in sparse.items():
+        assert decompress(tensor).tobytes() == dense_tensors[name].tobytes()
+    # check accepts it; expand gives the dense model back exactly.
+    assert check_main([str(compressed), "-q"]) == 0
+    assert expand_main([str(compressed), str(expanded), "-q"]) == 0
+    assert onnx.load(str(expanded)) == onnx.load(str(dense))
+
+
+def _all_pruned_mlp(path, dtype, layers=4, side=512):
+    rng = np.random.default_rng(0)
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits, nodes, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(rng.standard_normal((side, side)).astype(dtype), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", onnx_type, [1, side])],
+        [helper.make_tensor_value_info("y", onnx_type, [1, side])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [(np.float32, 0.54), (np.float16, 0.57)])
+def test_file_size_targets(tmp_path, dtype, bound):
+    source = tmp_path / "mlp.onnx"
+    _all_pruned_mlp(source, dtype)
+    dense, compressed = tmp_path / "d.onnx", tmp_path / "c.onnx"
+    assert optimize_main([str(source), str(dense), "-q", "--no-validate"]) == 0
+    assert optimize_main([str(source), str(compressed), "-q", "--no-validate", "--format", "compressed"]) == 0
+    ratio = compressed.stat().st_size / dense.stat().st_size
+    assert ratio <= bound, ratio
+
+
+def test_no_warnings_when_onnxruntime_loads_it(tmp_path):
+    source = tmp_path / "mlp.onnx"
+    _all_pruned_mlp(source, np.float32)
+    compressed = tmp_path / "c.onnx"
+    assert optimize_main([str(source), str(compressed), "-q", "--no-validate", "--format", "compressed"]) == 0
+    # Default session options and logging, in a fresh process: nothing on stderr.
+    code = (
+        "import numpy as np, onnxruntime as ort, sys\n"
+        f"s = ort.InferenceSession({str(compressed)!r})\n"
+        "s.run(None, {'x': np.ones((1, 512), np.float32)})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_old_opsets_keep_dense_storage_with_reason(models_dir, tmp_path):
+    out, report = tmp_path / "c.onnx", tmp_path / "r.json"
+    assert (
+        optimize_main(
+            [str(models_dir / "opset7.onnx"), str(out), "-q", "--format", "compressed", "--report", str(report)]
+        )
+        == 0
+    )
+    tensors = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    for entry in tensors.values():
+        assert entry["status"] == "pruned"
+        assert entry["storage"] == "dense"
+        assert "needs opset 9" in entry["storage_note"]
+    assert {p.domain for p in onnx.load(str(out)).opset_import} == {""}
+    assert onnx.load(str(out)).opset_import[0].version == 7
+
+
+def test_compressed_with_external_data(models_dir, tmp_path):
+    out = tmp_path / "out" / "c.onnx"
+    out.parent.mkdir()
+    assert (
+        optimize_main(
+            [
+                str(models_dir / "transformer.onnx"),
+                str(out),
+                "-q",
+                "--format",
+                "compressed",
+                "--external-data",
+                "--shape",
+                "seq=8",
+            ]
+        )
+        == 0
+    )
+    proto = onnx.load(str(out), load_external_data=False)
+    external = {t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    assert "attn.q.weight.sparse24_values" in external
+    dense = tmp_path / "d.onnx"
+    assert optimize_main([str(models_dir / "transformer.onnx"), str(dense), "-q", "--no-validate"]) == 0
+    expanded = tmp_path / "e.onnx"
+    assert expand_main([str(out), str(expanded), "-q"]) == 0
+    a, b = all_tensors(expanded), all_tensors(dense)
+    assert all(a[n].tobytes() == b[n].tobytes() for n in b)
+
+
+def test_expand_of_a_model_with_nothing_compressed_and_bad_input(models_dir, tmp_path):
+    out = tmp_path / "copy.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "sparse24_onnx.expand", str(models_dir / "mlp.onnx"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0
+    assert "nothing compressed" in result.stdout
+    for args in (["missing.onnx", str(out)], [str(models_dir / "mlp.onnx"), str(models_dir / "mlp.onnx")]):
+        result = subprocess.run([sys.executable, "-m", "sparse24_onnx.expand", *args], capture_output=True, text=True)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_trained_model_compressed(tmp_path):
+    model = packaged_file("khmersm", "khmersm/model.onnx")
+    dense, compressed, report = tmp_path / "d.onnx", tmp_path / "c.onnx", tmp_path / "c.json"
+    assert optimize_main([str(model), str(dense), "-q", "--no-validate"]) == 0
+    args = [str(model), str(compressed), "-q", "--format", "compressed", "--shape", "seq=32", "--report", str(report)]
+    assert optimize_main(args) == 0
+    document = json.loads(report.read_text())
+    pruned = [t for t in document["tensors"] if t["status"] == "pruned"]
+    assert len(pruned) == 13
+    assert all(t["storage"] == "compressed" for t in pruned)
+    # The pruned weights (fp32) shrink to at most 54 % of their dense bytes; the rest is unchanged.
+    pruned_bytes = sum(4 * int(np.prod(t["shape"])) for t in pruned)
+    saved = dense.stat().st_size - compressed.stat().st_size
+    assert 1 - saved / pruned_bytes <= 0.54
+    feed = {"x": np.random.default_rng(0).integers(0, 126, (1, 32)), "mask": np.ones((1, 32), bool)}
+    for a, b in zip(_run(dense, feed), _run(compressed, feed), strict=True):
+        assert a.tobytes() == b.tobytes()
+    expanded = tmp_path / "e.onnx"
+    assert expand_main([str(compressed), str(expanded), "-q"]) == 0
+    a, b = all_tensors(expanded), all_tensors(dense)
+    assert a.keys() == b.keys()
+    assert all(a[n].tobytes() == b[n].tobytes() for n in b)
+
+
+def test_dense_and_compressed_hold_no_negative_zero():
+    weights = np.array([[-0.0, -0.0, -0.0, -5.0], [-1.0, -2.0, -3.0, -4.0]], np.float32)
+    dense = prune_24_dense(weights, 1)
+    assert not np.signbit(dense[dense == 0]).any()
+    assert dense.tolist() == [[0.0, 0.0, 0.0, -5.0], [0.0, 0.0, -3.0, -4.0]]
