@@ -19,15 +19,19 @@ subgraph) and ``Constant`` nodes where ``W`` was a ``Constant`` node (Paddle
 exports, model-local functions).
 
 The decompression subgraph uses only operators that exist at opset 9 and keeps
-the model's opsets: the nibbles are split with integer ``Div``/``Mul``/``Sub``
-(no bit operators), positions are compared with ``Equal`` against ``[0, 1, 2, 3]``,
+the model's opsets: no bit operators, the kept positions of each byte's two
+groups are looked up (``Gather``) in two constant 256 x 2 tables, compared with
+``Equal`` against ``[0, 1, 2, 3]``,
 and the dense tensor is ``lower * [slot == p0] + higher * [slot == p1] + 0``, exact
 in IEEE arithmetic: a kept slot gets its value (plus zero), a pruned slot +0 (the
 final addition of +0 clears the sign of ``0 * negative``).  Pruned tensors hold no
 -0.0 (the pruning kernels write kept -0.0 as +0.0), so the result equals the
 dense-pruned tensor bit for bit.  ``Where`` would select too, but onnxruntime's
 broadcasting ``Where`` is ~4x slower than this multiply-add, and onnxruntime folds
-the subgraph into a constant each time a session is created.
+the subgraph into a constant each time a session is created.  float16 and
+bfloat16 values are cast to float32 for the arithmetic and the result cast back
+(both exact), because onnxruntime's CPU provider has no float16 ``Mul`` and does
+not fold what it cannot run.
 
 The model's ``metadata_props["sparse24"]`` JSON says ``"format": "compressed"``,
 ``"format_version": 1`` and, per weight under ``"tensors"``: ``axis``, ``shape``,
@@ -105,6 +109,17 @@ def default_opset(owner: ir.Graph | ir.Function, model: ir.Model) -> int:
     return 0
 
 
+def _position_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each metadata byte: the lower and the higher kept position of its (low, high) nibble groups."""
+    byte = np.arange(256)
+    lower = np.stack([byte & 3, (byte >> 4) & 3], axis=1).astype(np.int32)
+    higher = np.stack([(byte >> 2) & 3, (byte >> 6) & 3], axis=1).astype(np.int32)
+    return lower, higher
+
+
+_LOWER_POSITION, _HIGHER_POSITION = _position_tables()
+
+
 @dataclass
 class GraphContext:
     """Per graph: where new nodes go first, and the small constants already emitted there."""
@@ -176,32 +191,27 @@ def _decompression(
     count = sparse.num_groups
     i64 = np.int64
 
-    # Nibbles -> codes, in group order (low nibble first), as int32.
+    # Byte -> (position, position) of its two groups, read from 256-entry tables:
+    # row b of _LOWER_POSITION is (p0 of the low nibble, p0 of the high nibble), so a
+    # Gather gives every group's p0 in group order.  (Gather instead of integer
+    # Div/Mul/Sub: fewer intermediate tensors for onnxruntime to fold.)
     packed = builder.op("Cast", [metadata], "metadata_int", to=int(ir.DataType.INT32))
-    sixteen = builder.const("sixteen", np.array(16, np.int32))
-    high = builder.op("Div", [packed, sixteen], "high")
-    low = builder.op("Sub", [packed, builder.op("Mul", [high, sixteen], "high_x16")], "low")
-    column = builder.const("column_shape", np.array([-1, 1], i64))
-    pairs = builder.op(
-        "Concat",
-        [builder.op("Reshape", [low, column], "low_column"), builder.op("Reshape", [high, column], "high_column")],
-        "pairs",
-        axis=1,
-    )
-    codes = builder.op("Reshape", [pairs, builder.const("flat_shape", np.array([-1], i64))], "codes_padded")
-    if count % 2:  # drop the unused last nibble
-        if opset >= 10:
-            codes = builder.op(
-                "Slice",
-                [codes, builder.const("starts", np.array([0], i64)), builder.const("ends", np.array([count], i64))],
-                "codes",
-            )
-        else:
-            codes = builder.op("Slice", [codes], "codes", starts=[0], ends=[count], axes=[0])
-    codes = builder.op("Reshape", [codes, builder.const("codes_shape", np.array([pre, groups, 1, post], i64))], "codes")
-    four = builder.const("four", np.array(4, np.int32))
-    p1 = builder.op("Div", [codes, four], "p1")
-    p0 = builder.op("Sub", [codes, builder.op("Mul", [p1, four], "p1_x4")], "p0")
+    codes_shape = builder.const("codes_shape", np.array([pre, groups, 1, post], i64))
+    positions = []
+    for what, table in (("p0", _LOWER_POSITION), ("p1", _HIGHER_POSITION)):
+        found = builder.op("Gather", [builder.const(f"{what}_table", table), packed], f"{what}_pairs", axis=0)
+        flat = builder.op("Reshape", [found, builder.const("flat_shape", np.array([-1], i64))], f"{what}_padded")
+        if count % 2:  # drop the unused last nibble
+            if opset >= 10:
+                starts, ends = (
+                    builder.const("starts", np.array([0], i64)),
+                    builder.const("ends", np.array([count], i64)),
+                )
+                flat = builder.op("Slice", [flat, starts, ends], f"{what}_flat")
+            else:
+                flat = builder.op("Slice", [flat], f"{what}_flat", starts=[0], ends=[count], axes=[0])
+        positions.append(builder.op("Reshape", [flat, codes_shape], what))
+    p0, p1 = positions
     slots = builder.const("slots", np.arange(4, dtype=np.int32).reshape(1, 1, 4, 1))
     at_p0 = builder.op("Equal", [p0, slots], "at_p0")
     at_p1 = builder.op("Equal", [p1, slots], "at_p1")
@@ -214,11 +224,19 @@ def _decompression(
     higher = builder.op("Gather", [pairs_of_values, builder.const("second", np.array([1], i64))], "higher", axis=2)
     # dense = lower * [slot == p0] + higher * [slot == p1] + 0: a kept slot gets its value
     # exactly (plus a zero), a pruned slot 0 * x + 0 * y, whose sign the final + (+0) clears.
-    dtype = int(ir.DataType.from_numpy(sparse.values.dtype))
-    from_lower = builder.op("Mul", [lower, builder.op("Cast", [at_p0], "is_p0", to=dtype)], "from_lower")
-    from_higher = builder.op("Mul", [higher, builder.op("Cast", [at_p1], "is_p1", to=dtype)], "from_higher")
-    zero = builder.const("zero", np.zeros((), dtype=sparse.values.dtype))
+    # float16 and bfloat16 go through float32 (exact both ways): onnxruntime's CPU provider
+    # has no float16 Mul, and a node it cannot run on the CPU is not folded.
+    stored = ir.DataType.from_numpy(sparse.values.dtype)
+    compute = stored if stored in (ir.DataType.FLOAT, ir.DataType.DOUBLE) else ir.DataType.FLOAT
+    if compute != stored:
+        lower = builder.op("Cast", [lower], "lower_float", to=int(compute))
+        higher = builder.op("Cast", [higher], "higher_float", to=int(compute))
+    from_lower = builder.op("Mul", [lower, builder.op("Cast", [at_p0], "is_p0", to=int(compute))], "from_lower")
+    from_higher = builder.op("Mul", [higher, builder.op("Cast", [at_p1], "is_p1", to=int(compute))], "from_higher")
+    zero = builder.const("zero", np.zeros((), dtype=compute.numpy()))
     dense = builder.op("Sum", [from_lower, from_higher, zero], "dense")  # left to right: (a + b) + 0
+    if compute != stored:
+        dense = builder.op("Cast", [dense], "dense_stored", to=int(stored))
     return builder.op("Reshape", [dense, builder.const("shape", np.array(shape, i64))], "reshape")
 
 

@@ -118,16 +118,17 @@ def test_file_size_targets(tmp_path, dtype, bound):
     assert ratio <= bound, ratio
 
 
-def test_no_warnings_when_onnxruntime_loads_it(tmp_path):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_no_warnings_when_onnxruntime_loads_it(tmp_path, dtype):
     source = tmp_path / "mlp.onnx"
-    _all_pruned_mlp(source, np.float32)
+    _all_pruned_mlp(source, dtype)
     compressed = tmp_path / "c.onnx"
     assert optimize_main([str(source), str(compressed), "-q", "--no-validate", "--format", "compressed"]) == 0
     # Default session options and logging, in a fresh process: nothing on stderr.
     code = (
         "import numpy as np, onnxruntime as ort, sys\n"
         f"s = ort.InferenceSession({str(compressed)!r})\n"
-        "s.run(None, {'x': np.ones((1, 512), np.float32)})\n"
+        f"s.run(None, {{'x': np.ones((1, 512), np.{np.dtype(dtype).name})}})\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
