@@ -15,6 +15,7 @@
 * ``ir3.onnx``: the same at IR version 3, where every initializer is also a graph input.
 * ``odd_shapes.onnx``: a declared output shape that is wrong, no value_info, an output without sizes.
 * ``nan_weights.onnx``: one weight with NaN, one with Inf, one clean.
+* ``cnn.onnx``: convolutions of every kind (RGB input, grouped, depthwise, 1-D, 3-D, ConvTranspose).
 """
 
 from __future__ import annotations
@@ -362,6 +363,70 @@ def nan_weights(seed: int = 19) -> onnx.ModelProto:
     return _finish(graph)
 
 
+def cnn(seed: int = 21) -> onnx.ModelProto:
+    """Convolutions of every kind on a [batch, 3, 16, 16] image.
+
+    * ``conv_rgb.weight`` [16, 3, 3, 3]: the RGB input layer, skipped (3 input channels).
+    * ``conv2d.weight`` [32, 16, 3, 3]: pruned along input channels, per output channel and position.
+    * ``grouped.weight`` [32, 16, 3, 3], group=2: 16 input channels per group, pruned.
+    * ``depthwise.weight`` [32, 1, 3, 3], group=32: skipped (one channel per group).
+    * ``conv20.weight`` [32, 20, 1, 1] on 20 of the channels: 20 is a multiple of 4 but not of 16,
+      so it is skipped under ``--tc-shapes strict`` (the default) and pruned with ``off``.
+    * ``up.weight`` [16, 32, 2, 2] of a ConvTranspose: skipped.
+    * ``conv1d.weight`` [16, 32, 3] on a reshaped 1-D signal, and ``conv3d.weight`` [16, 16, 1, 3, 3].
+    """
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    inits = [
+        numpy_helper.from_array(_w(rng, (16, 3, 3, 3)), "conv_rgb.weight"),
+        numpy_helper.from_array(_w(rng, (32, 16, 3, 3)), "conv2d.weight"),
+        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(f), "conv2d.bias"),
+        numpy_helper.from_array(_w(rng, (32, 16, 3, 3)), "grouped.weight"),
+        numpy_helper.from_array(_w(rng, (32, 1, 3, 3)), "depthwise.weight"),
+        numpy_helper.from_array(_w(rng, (32, 20, 1, 1)), "conv20.weight"),
+        numpy_helper.from_array(_w(rng, (16, 32, 2, 2)), "up.weight"),
+        numpy_helper.from_array(_w(rng, (16, 32, 3)), "conv1d.weight"),
+        numpy_helper.from_array(_w(rng, (16, 16, 1, 3, 3)), "conv3d.weight"),
+        numpy_helper.from_array(np.array([0, 32, -1], np.int64), "to_1d"),
+        numpy_helper.from_array(np.array([0, 16, 1, 16, 16], np.int64), "to_3d"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_rgb.weight"], ["c0"], pads=[1, 1, 1, 1], name="/rgb/Conv"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="/rgb/Relu"),
+        helper.make_node("Conv", ["r0", "conv2d.weight", "conv2d.bias"], ["c1"], pads=[1, 1, 1, 1], name="/c2d/Conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/c2d/Relu"),
+        helper.make_node("Conv", ["r1", "grouped.weight"], ["c2"], pads=[1, 1, 1, 1], group=2, name="/grouped/Conv"),
+        helper.make_node("Conv", ["c2", "depthwise.weight"], ["c3"], pads=[1, 1, 1, 1], group=32, name="/dw/Conv"),
+        helper.make_node("Slice", ["c3", "s_start", "t_end20", "s_axes"], ["c4a"], name="/slice20"),
+        helper.make_node("Conv", ["c4a", "conv20.weight"], ["c5"], name="/c20/Conv"),
+        helper.make_node("Slice", ["c5", "s_start16", "t_end16", "s_axes"], ["c5a"], name="/slice16"),
+        helper.make_node("ConvTranspose", ["c5a", "up.weight"], ["c6"], strides=[2, 2], name="/up/ConvTranspose"),
+        helper.make_node("Reshape", ["c5", "to_1d"], ["s1"], name="/to1d"),
+        helper.make_node("Conv", ["s1", "conv1d.weight"], ["y1"], pads=[1, 1], name="/c1d/Conv"),
+        helper.make_node("Reshape", ["c5a", "to_3d"], ["v1"], name="/to3d"),
+        helper.make_node("Conv", ["v1", "conv3d.weight"], ["y3"], pads=[0, 1, 1, 0, 1, 1], name="/c3d/Conv"),
+    ]
+    inits += [
+        numpy_helper.from_array(np.array([0], np.int64), "s_start"),
+        numpy_helper.from_array(np.array([20], np.int64), "t_end20"),
+        numpy_helper.from_array(np.array([1], np.int64), "s_axes"),
+        numpy_helper.from_array(np.array([0], np.int64), "s_start16"),
+        numpy_helper.from_array(np.array([16], np.int64), "t_end16"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", F, ["batch", 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("c6", F, ["batch", 32, 32, 32]),
+            helper.make_tensor_value_info("y1", F, ["batch", 16, 256]),
+            helper.make_tensor_value_info("y3", F, ["batch", 16, 1, 16, 16]),
+        ],
+        inits,
+    )
+    return _finish(graph)
+
+
 MODELS = {
     "constant_nodes.onnx": constant_nodes,
     "subgraphs.onnx": subgraphs,
@@ -374,4 +439,5 @@ MODELS = {
     "ir3.onnx": ir3,
     "odd_shapes.onnx": odd_shapes,
     "nan_weights.onnx": nan_weights,
+    "cnn.onnx": cnn,
 }

@@ -19,6 +19,7 @@ from .core import count_dense_groups
 from .errors import BadInput, ExitCode
 from .model_io import load_model
 from .passes import FindWeights, read_provenance
+from .passes.find_weights import TC_SHAPES
 from .report import check_report_path, format_table, tensor_entry, write_json
 from .weights import Status, WeightRecord, data_problem
 
@@ -38,6 +39,12 @@ def build_parser() -> ArgumentParser:
         action="append",
         default=[],
         help="do not require 2:4 of weights whose name, or the name of a node using them, matches (repeatable)",
+    )
+    parser.add_argument(
+        "--tc-shapes",
+        choices=("strict", "relaxed", "off"),
+        help="which shapes count as eligible (see optimize --help); default: the rule the model was optimized "
+        "with (its sparse24 metadata), else strict",
     )
     parser.add_argument(
         "--strict",
@@ -103,11 +110,15 @@ def compressed_records(model) -> list[WeightRecord]:
 
 
 def _run(args) -> int:
-    find = FindWeights(args.exclude)
+    FindWeights(args.exclude)  # refuse a bad --exclude before loading the model
     check_report_path(args.report)
     model = load_model(args.model)
-    records = find(model).weights
-    intended = {} if args.strict else read_provenance(model).get("dense", {})
+    provenance = read_provenance(model)
+    rule = args.tc_shapes or provenance.get("tc_shapes") or "strict"
+    if rule not in TC_SHAPES:
+        rule = "strict"
+    records = FindWeights(args.exclude, rule)(model).weights
+    intended = {} if args.strict else provenance.get("dense", {})
     check_records(records, intended if isinstance(intended, dict) else {})
     records += compressed_records(model)
 

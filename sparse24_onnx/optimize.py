@@ -60,6 +60,13 @@ def build_parser() -> ArgumentParser:
         help="leave dense the weights whose name, or the name of a node using them, matches (repeatable)",
     )
     parser.add_argument(
+        "--tc-shapes",
+        choices=("strict", "relaxed", "off"),
+        default="strict",
+        help="skip weights whose shape no Sparse Tensor Core tile fits: strict (default) needs the reduction "
+        "length %%16 and the output length %%8, relaxed only the first, off prunes every multiple of 4",
+    )
+    parser.add_argument(
         "--format",
         choices=("dense", "compressed"),
         default="dense",
@@ -152,7 +159,7 @@ def _check_options(args) -> None:
 
 def _run(args) -> int:
     _check_options(args)
-    find = FindWeights(args.exclude)
+    find = FindWeights(args.exclude, args.tc_shapes)
     inp = Path(args.input)
     out = check_output_path(args.output, inp)
     progress = _Progress(not args.quiet)
@@ -197,7 +204,7 @@ def _run(args) -> int:
         passes = [find, PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
         if compressed:
             passes.append(CompressWeights(sink=staged))
-        pipeline = Pipeline(*passes, RecordProvenance(method.name, args.format))
+        pipeline = Pipeline(*passes, RecordProvenance(method.name, args.format, args.tc_shapes))
         pipeline(model)
         records = weight_records(model)
         progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))

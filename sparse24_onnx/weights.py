@@ -46,6 +46,7 @@ __all__ = [
     "WeightRecord",
     "WeightUse",
     "all_graphs",
+    "conv_problem",
     "data_problem",
     "slot_axis",
     "trace_uses",
@@ -89,14 +90,15 @@ class Status:
 
 @dataclass(frozen=True)
 class WeightUse:
-    """One use of a weight by a MatMul/Gemm weight slot.
+    """One use of a weight by a MatMul/Gemm/Conv weight slot.
 
     Attributes:
-        node: Name of the MatMul/Gemm node.
-        op_type: ``MatMul`` or ``Gemm``.
+        node: Name of the MatMul/Gemm/Conv node.
+        op_type: ``MatMul``, ``Gemm`` or ``Conv``.
         input_index: Which input of the node the weight reaches.
         axis: The axis *of the stored tensor* the groups of 4 must run along.
         via: The ops between the tensor and the node, e.g. ``("Transpose",)``.
+        out_axis: The stored tensor's output axis (N, M, or output channels).
     """
 
     node: str
@@ -104,6 +106,7 @@ class WeightUse:
     input_index: int
     axis: int
     via: tuple[str, ...] = ()
+    out_axis: int | None = None
 
 
 class InitializerSource:
@@ -225,15 +228,29 @@ def _is_constant(value: ir.Value | None, seen: dict[int, bool] | None = None, de
     return constant
 
 
-def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[int | None, str]:
-    """Axis along which input ``input_index`` of ``node`` must be 2:4, or why it has none.
+def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[tuple[int, int] | None, str]:
+    """Axes of input ``input_index`` of ``node`` as a weight: (reduction, output), or why it has none.
+
+    The reduction axis is the one the groups of 4 run along (K of a product, the
+    input channels of a convolution); the output axis is the one Sparse Tensor
+    Core tiles also need a multiple of 8 along (N, M, or the output channels).
 
     Returns:
-        ``(axis, "")`` for a weight slot, ``(None, reason)`` for a weight slot
-        that cannot be pruned, ``(None, "")`` when the input is no weight slot
-        at all (a bias, data, an unrelated op).
+        ``((axis, out_axis), "")`` for a weight slot, ``(None, reason)`` for a
+        weight slot that cannot be pruned, ``(None, "")`` when the input is no
+        weight slot at all (a bias, data, an unrelated op).
     """
-    if not _is_default(node) or node.op_type not in ("MatMul", "Gemm") or input_index not in (0, 1):
+    if not _is_default(node) or input_index not in (0, 1):
+        return None, ""
+    if node.op_type == "ConvTranspose" and input_index == 1:
+        return None, "ConvTranspose: TensorRT has no sparse kernels for deconvolution"
+    if node.op_type == "Conv":
+        if input_index != 1:
+            return None, ""
+        if rank < 3:
+            return None, f"Conv weight has rank {rank}, expected 3 or more"
+        return (1, 0), ""
+    if node.op_type not in ("MatMul", "Gemm"):
         return None, ""
     inputs = node.inputs
     if input_index == 0 and len(inputs) > 1 and _is_constant(inputs[1]):
@@ -241,12 +258,20 @@ def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[int | None, s
     if node.op_type == "MatMul":
         if rank < 2:
             return None, f"{rank}-D MatMul operand is a vector, not a weight matrix"
-        return (rank - 2 if input_index == 1 else rank - 1), ""
+        return ((rank - 2, rank - 1) if input_index == 1 else (rank - 1, rank - 2)), ""
     if rank != 2:
         return None, f"Gemm operand has rank {rank}, expected 2"
     if input_index == 0:
-        return (0 if node.attributes.get_int("transA", 0) else 1), ""
-    return (1 if node.attributes.get_int("transB", 0) else 0), ""
+        return ((0, 1) if node.attributes.get_int("transA", 0) else (1, 0)), ""
+    return ((1, 0) if node.attributes.get_int("transB", 0) else (0, 1)), ""
+
+
+def conv_problem(node: ir.Node, shape: tuple[int, ...]) -> str:
+    """Why a Conv weight cannot be 2:4 (depthwise), or an empty string."""
+    group = node.attributes.get_int("group", 1)
+    if group > 1 and len(shape) > 1 and shape[1] == 1:
+        return f"depthwise convolution (group={group}, one input channel per group): no channels to group by 4"
+    return ""
 
 
 @dataclass
@@ -268,7 +293,7 @@ class Trace:
 
 def trace_uses(
     value: ir.Value,
-    rank: int,
+    shape: tuple[int, ...],
     functions: dict[tuple[str, str, str], ir.Function],
     *,
     integer: bool = False,
@@ -277,17 +302,17 @@ def trace_uses(
 
     Args:
         value: The tensor's IR value.
-        rank: The tensor's rank.
+        shape: The tensor's shape.
         functions: The model's local functions, by ``(domain, name, overload)``.
         integer: The tensor holds integers; dequantizing ops are then followed
             so that a quantized weight is recognised as one.
     """
     trace = Trace()
-    _trace(value, list(range(rank)), (), functions, integer, trace, 0)
+    _trace(value, list(range(len(shape))), (), functions, integer, trace, 0, tuple(shape))
     return trace
 
 
-def _trace(value, mapping, via, functions, integer, trace, depth) -> None:
+def _trace(value, mapping, via, functions, integer, trace, depth, shape) -> None:
     if value.is_graph_output():
         graph = value.graph.name if value.graph is not None else ""
         trace.others.append(f"is also output '{value.name}' of graph '{graph}', which pruning would change")
@@ -303,16 +328,16 @@ def _trace(value, mapping, via, functions, integer, trace, depth) -> None:
                 trace.others.append(_other(label, index))
             continue
         if _is_default(node) and node.op_type in _AXIS_KEEPING_OPS and index == 0:
-            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, integer, trace, depth + 1)
+            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, integer, trace, depth + 1, shape)
             continue
         if _is_default(node) and node.op_type == "Transpose":
             perm = node.attributes.get_ints("perm", None) or list(range(len(mapping)))[::-1]
             moved = [mapping[p] for p in perm]
-            _trace(node.outputs[0], moved, (*via, "Transpose"), functions, integer, trace, depth + 1)
+            _trace(node.outputs[0], moved, (*via, "Transpose"), functions, integer, trace, depth + 1, shape)
             continue
         if integer and _is_default(node) and node.op_type in _DEQUANTIZE_OPS:
             quantized = Trace()
-            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, False, quantized, depth + 1)
+            _trace(node.outputs[0], mapping, (*via, node.op_type), functions, False, quantized, depth + 1, shape)
             if quantized.uses or quantized.quantized:
                 trace.quantized.append(f"dequantized by {label}")
             else:
@@ -321,11 +346,15 @@ def _trace(value, mapping, via, functions, integer, trace, depth) -> None:
         function = functions.get((node.domain, node.op_type, node.overload or ""))
         if function is not None and index < len(function.inputs):
             step = f"function {node.domain}.{node.op_type}"
-            _trace(function.inputs[index], mapping, (*via, step), functions, integer, trace, depth + 1)
+            _trace(function.inputs[index], mapping, (*via, step), functions, integer, trace, depth + 1, shape)
             continue
-        axis, problem = slot_axis(node, index, len(mapping))
-        if axis is not None:
-            trace.uses.append(WeightUse(node.name or "", node.op_type, index, mapping[axis], via))
+        axes, problem = slot_axis(node, index, len(mapping))
+        if axes is not None and node.op_type == "Conv":
+            problem = conv_problem(node, tuple(shape[m] for m in mapping))
+            axes = None if problem else axes
+        if axes is not None:
+            axis, out_axis = axes
+            trace.uses.append(WeightUse(node.name or "", node.op_type, index, mapping[axis], via, mapping[out_axis]))
         elif problem:
             trace.problems.append(problem)
         elif not (_is_default(node) and node.op_type in _SHAPE_ONLY_OPS):

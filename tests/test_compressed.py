@@ -35,6 +35,7 @@ MODELS = [
     "cast_transpose.onnx",
     "shared_gemm.onnx",
     "both_constant.onnx",
+    "cnn.onnx",
 ]
 
 
@@ -205,7 +206,7 @@ def test_trained_model_compressed(tmp_path):
     assert optimize_main(args) == 0
     document = json.loads(report.read_text())
     pruned = [t for t in document["tensors"] if t["status"] == "pruned"]
-    assert len(pruned) == 13
+    assert len(pruned) == 12  # the 192 x 2 tagger head has no Sparse Tensor Core shape (--tc-shapes strict)
     assert all(t["storage"] == "compressed" for t in pruned)
     # The pruned weights (fp32) shrink to at most 54 % of their dense bytes; the rest is unchanged.
     pruned_bytes = sum(4 * int(np.prod(t["shape"])) for t in pruned)

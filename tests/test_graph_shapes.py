@@ -35,6 +35,16 @@ EXPECTED = {
     "ir3.onnx": {"w0": "graph input", "w1": "graph input"},
     "odd_shapes.onnx": {"w": 0},
     "nan_weights.onnx": {"nan.weight": "NaN or Inf", "inf.weight": "NaN or Inf", "clean.weight": 0},
+    "cnn.onnx": {
+        "conv_rgb.weight": "only 3 input channels (an RGB input layer?)",
+        "conv2d.weight": 1,
+        "grouped.weight": 1,
+        "depthwise.weight": "depthwise convolution (group=32",
+        "conv20.weight": "length 20, not a multiple of 16",
+        "up.weight": "ConvTranspose: TensorRT has no sparse kernels for deconvolution",
+        "conv1d.weight": 1,
+        "conv3d.weight": 1,
+    },
 }
 SHAPES = {"subgraphs.onnx": ["--shape", "batch=3"]}
 
@@ -56,6 +66,9 @@ def test_pruned_along_the_right_axis_or_skipped_with_reason(model, tmp_path):
             assert entries[name]["axis"] == expected
             assert is_24(array, expected), name
             assert not is_24(array, 1 - expected), f"{name}: the axis is not really checked"
+            if array.ndim > 2:  # TensorRT's rule for Conv: per output channel and kernel position
+                m, c = array.shape[:2]
+                assert ((array.reshape(m, c // 4, 4, -1) != 0).sum(axis=2) <= 2).all()
             np.testing.assert_array_equal(array, decompress(prune_24_magnitude(original[name], expected)))
         else:
             assert array.tobytes() == original[name].tobytes(), f"{name} changed but must not"
@@ -290,3 +303,24 @@ def test_nan_found_while_streaming_keeps_the_original(models_dir, tmp_path, monk
     for name in ("nan.weight", "inf.weight"):
         assert original[name].tobytes() == result[name].tobytes()
     assert is_24(result["clean.weight"], 0)
+
+
+def test_tc_shapes_rule_can_be_relaxed(models_dir, tmp_path):
+    report = tmp_path / "r.json"
+    out = tmp_path / "o.onnx"
+    assert (
+        optimize_main([str(models_dir / "cnn.onnx"), str(out), "-q", "--tc-shapes", "off", "--report", str(report)])
+        == 0
+    )
+    statuses = {t["name"]: t["status"] for t in json.loads(report.read_text())["tensors"]}
+    assert statuses["conv20.weight"] == "pruned"
+    assert statuses["conv_rgb.weight"] == "skipped"  # 3 channels: not even a group of 4
+    assert is_24(all_tensors(out)["conv20.weight"], 1)
+    # check reads the rule from the model's metadata: the extra weight is fine there...
+    assert check_main([str(out), "-q"]) == 0
+    # ...and with the strict rule it simply is not required.
+    assert check_main([str(out), "-q", "--tc-shapes", "strict"]) == 0
+    # A model pruned under strict fails a check that demands every multiple of 4.
+    strict = tmp_path / "s.onnx"
+    assert optimize_main([str(models_dir / "cnn.onnx"), str(strict), "-q", "--no-validate"]) == 0
+    assert check_main([str(strict), "-q", "--tc-shapes", "off"]) == 1

@@ -342,12 +342,12 @@ def test_bad_input_is_one_line_and_exit_2(models_dir, tmp_path, setup, args, mes
 def test_model_that_onnxruntime_cannot_load(tmp_path):
     from onnx import TensorProto, helper
 
-    weight = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    weight = numpy_helper.from_array(np.ones((16, 8), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("NoSuchOp", ["m"], ["y"], domain="acme")],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
         [weight],
     )
     path = tmp_path / "custom.onnx"

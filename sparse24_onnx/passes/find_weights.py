@@ -18,7 +18,10 @@ from ..weights import (
 )
 from .base import InPlacePass, PassResult
 
-__all__ = ["FindWeights"]
+__all__ = ["TC_SHAPES", "FindWeights"]
+
+#: Shape rules for Sparse Tensor Cores, strictest first.
+TC_SHAPES = ("strict", "relaxed", "off")
 
 
 class FindWeights(InPlacePass):
@@ -34,12 +37,20 @@ class FindWeights(InPlacePass):
     Args:
         exclude: Regular expressions; a weight whose name, or the name of a node
             using it, matches one (``re.search``) is skipped.
+        tc_shapes: Which shapes can use Sparse Tensor Cores (see :data:`TC_SHAPES`):
+            ``strict`` needs the reduction length to be a multiple of 16 and the
+            output length a multiple of 8 (the shapes of Ampere's sparse MMA, as
+            apex ASP checks them), ``relaxed`` only the former, ``off`` only the
+            multiple of 4 that 2:4 itself needs.
 
     Raises:
         BadInput: An ``exclude`` pattern is not a regular expression.
     """
 
-    def __init__(self, exclude: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(self, exclude: list[str] | tuple[str, ...] = (), tc_shapes: str = "strict") -> None:
+        if tc_shapes not in TC_SHAPES:
+            raise BadInput(f"--tc-shapes {tc_shapes!r}: choose one of {', '.join(TC_SHAPES)}")
+        self.tc_shapes = tc_shapes
         self.exclude = []
         for pattern in exclude:
             try:
@@ -70,7 +81,7 @@ class FindWeights(InPlacePass):
             return None
         value = source.value
         integer = tensor.dtype.is_integer()
-        trace = trace_uses(value, len(tensor.shape), functions, integer=integer)
+        trace = trace_uses(value, tuple(int(d) for d in tensor.shape), functions, integer=integer)
         if not (trace.uses or trace.problems or trace.quantized):
             return None  # not a weight: a bias, a shape, a lookup table
         record = WeightRecord(
@@ -97,13 +108,37 @@ class FindWeights(InPlacePass):
             record.skip(trace.others[0])
         elif tensor.dtype not in PRUNABLE_DTYPES:
             record.skip(f"dtype {tensor.dtype.name} is not a float type (integer and quantized weights are left alone)")
+        elif record.shape[record.axis] < 4 and any(u.op_type == "Conv" for u in trace.uses):
+            record.skip(f"only {record.shape[record.axis]} input channels (an RGB input layer?): 2:4 needs groups of 4")
         elif record.shape[record.axis] % 4:
             record.skip(f"reduction axis {record.axis} has length {record.shape[record.axis]}, not a multiple of 4")
+        elif self._shape_reason(record, trace.uses):
+            record.skip(self._shape_reason(record, trace.uses))
         else:
             pattern = self._excluded_by(record)
             if pattern is not None:
                 record.skip(f"excluded by --exclude '{pattern}'", deliberate=True)
         return record
+
+    def _shape_reason(self, record: WeightRecord, uses) -> str:
+        """Why the weight's shape cannot use Sparse Tensor Cores under the rule, or ''."""
+        if self.tc_shapes == "off":
+            return ""
+        length = record.shape[record.axis]
+        problems = []
+        if length % 16:
+            problems.append(f"reduction axis {record.axis} has length {length}, not a multiple of 16")
+        out_axes = {u.out_axis for u in uses if u.out_axis is not None}
+        if self.tc_shapes == "strict" and len(out_axes) == 1:
+            out_axis = out_axes.pop()
+            if record.shape[out_axis] % 8:
+                problems.append(f"output axis {out_axis} has length {record.shape[out_axis]}, not a multiple of 8")
+        if not problems:
+            return ""
+        return (
+            f"{' and '.join(problems)}: no Sparse Tensor Core tile fits, pruning would cost accuracy for no speed "
+            f"(--tc-shapes {self.tc_shapes}; 'off' prunes it anyway)"
+        )
 
     def _excluded_by(self, record: WeightRecord) -> str | None:
         names = [record.name] + [use.node for use in record.uses]

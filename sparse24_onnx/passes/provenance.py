@@ -32,9 +32,10 @@ class RecordProvenance(InPlacePass):
          "dense": {"lm_head.weight": "excluded by --exclude 'lm_head'"}}
     """
 
-    def __init__(self, method: str, storage_format: str = "dense") -> None:
+    def __init__(self, method: str, storage_format: str = "dense", tc_shapes: str = "strict") -> None:
         self.method = method
         self.storage_format = storage_format
+        self.tc_shapes = tc_shapes
 
     def call(self, model: ir.Model) -> PassResult:
         records = weight_records(model)
@@ -46,6 +47,7 @@ class RecordProvenance(InPlacePass):
             "format": self.storage_format,
             "tensors": {r.name: _tensor_entry(r) for r in pruned},
             "dense": {r.name: r.reason for r in records if r.deliberate},
+            "tc_shapes": self.tc_shapes,
         }
         if self.storage_format == "compressed":
             entry["format_version"] = FORMAT_VERSION
