@@ -29,7 +29,7 @@ PROG = "sparse24_onnx.check"
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=f"python -m {PROG}",
-        description="Check that every MatMul/Gemm weight of an ONNX model that can be 2:4 sparse is.",
+        description="Check that every MatMul/Gemm/Conv weight of an ONNX model that can be 2:4 sparse is.",
         epilog="Exit codes: 0 every eligible weight is 2:4; 1 some are not; 2 bad input or usage.",
     )
     parser.add_argument("model", metavar="MODEL", help="the ONNX model to check")
@@ -146,7 +146,7 @@ def _run(args) -> int:
             print(format_table(records, None))
             print()
         if not records:
-            print("no MatMul/Gemm weight held as a constant: nothing to check")
+            print("no MatMul/Gemm/Conv weight held as a constant: nothing to check")
         elif failing:
             print(f"FAIL: {len(failing)} of {len(failing) + len(sparse)} eligible weights are not 2:4")
         else:

@@ -36,7 +36,7 @@ PROG = "sparse24_onnx.optimize"
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=f"python -m {PROG}",
-        description="Prune the MatMul/Gemm weights of an ONNX model to NVIDIA 2:4 structured sparsity "
+        description="Prune the MatMul/Gemm/Conv weights of an ONNX model to NVIDIA 2:4 structured sparsity "
         "and validate the result in onnxruntime.",
         epilog="Exit codes: 0 done; 1 validation error above --max-rel-error (OUT not written); "
         "2 bad input or usage; 4 internal error.",
@@ -268,7 +268,7 @@ def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path
 
 def _verdict(records, pruned, validation, written: Path | None) -> str:
     if not records:
-        head = "nothing to prune: no MatMul/Gemm weight held as a constant"
+        head = "nothing to prune: no MatMul/Gemm/Conv weight held as a constant"
     elif not pruned:
         head = f"nothing to prune: all {len(records)} weights were skipped (reasons above)"
     else:

@@ -10,6 +10,8 @@ MatMul        B (1)  ``[..., K, N]``             ``rank - 2``
 MatMul        A (0)  ``[..., M, K]``             ``rank - 1``
 Gemm          A (0)  ``[M, K]`` / ``[K, M]``     1, or 0 with ``transA=1``
 Gemm          B (1)  ``[K, N]`` / ``[N, K]``     0, or 1 with ``transB=1``
+Conv          W (1)  ``[M, C/group, k...]``      1 (input channels, per output
+                                                 channel and kernel position)
 ============  =====  ==========================  =========================
 
 When both operands of a MatMul or Gemm are constant, B is the weight and A is
@@ -19,7 +21,7 @@ weight's uses are followed through the ops exporters insert on the way:
 ``Cast``/``CastLike``/``Identity`` keep the axis, ``Transpose`` moves it (the
 axis is mapped back through ``perm``), and a call of a model-local function
 continues at the function's matching input.  A weight counts when at least one
-use reaches a MatMul/Gemm weight slot; it is pruned only if every use agrees on
+use reaches a MatMul/Gemm/Conv weight slot; it is pruned only if every use agrees on
 the axis and no use would see its values change for another reason.
 
 The per-tensor :class:`WeightRecord` is what the passes share: the finding pass
@@ -155,7 +157,7 @@ class WeightRecord:
             ``function <domain>.<name>``.
         shape: Dense shape.
         dtype: ONNX element type name (``FLOAT``, ``FLOAT16`` ...).
-        uses: Every MatMul/Gemm weight slot it reaches.
+        uses: Every MatMul/Gemm/Conv weight slot it reaches.
         axis: The axis the groups of 4 run along, when the uses agree on one.
         status: ``candidate``, ``pruned`` or ``skipped``.
         reason: Why it was skipped (empty otherwise).
@@ -279,7 +281,7 @@ class Trace:
     """Where a tensor's values go: the weight slots, and every other kind of use.
 
     Attributes:
-        uses: MatMul/Gemm weight slots reached, with the axis in the tensor's own axes.
+        uses: MatMul/Gemm/Conv weight slots reached, with the axis in the tensor's own axes.
         problems: Weight slots reached that cannot be pruned (a 1-D operand ...).
         others: Uses that would see changed values (another op, a graph output).
         quantized: Descriptions of integer ops and dequantizing paths reached.

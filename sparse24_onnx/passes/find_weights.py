@@ -25,7 +25,7 @@ TC_SHAPES = ("strict", "relaxed", "off")
 
 
 class FindWeights(InPlacePass):
-    """Record every constant tensor used as a MatMul/Gemm weight, and what to do with it.
+    """Record every constant tensor used as a MatMul/Gemm/Conv weight, and what to do with it.
 
     Looks at the initializers of every graph and subgraph and at ``Constant``
     nodes everywhere (model-local functions included).  Each weight gets a
