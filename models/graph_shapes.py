@@ -16,6 +16,7 @@
 * ``odd_shapes.onnx``: a declared output shape that is wrong, no value_info, an output without sizes.
 * ``nan_weights.onnx``: one weight with NaN, one with Inf, one clean.
 * ``cnn.onnx``: convolutions of every kind (RGB input, grouped, depthwise, 1-D, 3-D, ConvTranspose).
+* ``cnn_bn.onnx``: Conv -> BatchNormalization -> Relu -> Mul -> Conv and Gemm -> Sigmoid -> Gemm chains.
 """
 
 from __future__ import annotations
@@ -427,6 +428,51 @@ def cnn(seed: int = 21) -> onnx.ModelProto:
     return _finish(graph)
 
 
+def cnn_bn(seed: int = 22) -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> Relu -> channel-wise Mul -> Conv, and Gemm -> Sigmoid -> Gemm.
+
+    Both are chains whose middle channels can be permuted exactly (for ``--permute``).
+    """
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    inits = [
+        numpy_helper.from_array(_w(rng, (32, 16, 3, 3)), "c1.weight"),
+        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(f), "c1.bias"),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal(32)).astype(f), "bn.scale"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(32)).astype(f), "bn.bias"),
+        numpy_helper.from_array((0.1 * rng.standard_normal(32)).astype(f), "bn.mean"),
+        numpy_helper.from_array((1 + 0.1 * rng.random(32)).astype(f), "bn.var"),
+        numpy_helper.from_array((1 + 0.1 * rng.standard_normal((32, 1, 1))).astype(f), "gain"),
+        numpy_helper.from_array(np.array(0.5, f), "half"),
+        numpy_helper.from_array(_w(rng, (32, 32, 3, 3)), "c2.weight"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+        numpy_helper.from_array(_w(rng, (64, 512)), "g1.weight"),  # transB=1: [N=64, K=512]
+        numpy_helper.from_array((0.1 * rng.standard_normal(64)).astype(f), "g1.bias"),
+        numpy_helper.from_array(_w(rng, (64, 16)), "g2.weight"),  # transB=0: [K=64, N=16]
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["a"], pads=[1, 1, 1, 1], name="/c1/Conv"),
+        helper.make_node("BatchNormalization", ["a", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"], name="/bn"),
+        helper.make_node("Relu", ["b"], ["c"], name="/relu"),
+        helper.make_node("Mul", ["c", "gain"], ["d"], name="/gain"),
+        helper.make_node("Mul", ["d", "half"], ["e"], name="/half"),
+        helper.make_node("Conv", ["e", "c2.weight"], ["f"], pads=[1, 1, 1, 1], strides=[2, 2], name="/c2/Conv"),
+        helper.make_node("GlobalAveragePool", ["f"], ["g"], name="/pool"),  # [b, 32, 1, 1]
+        helper.make_node("Reshape", ["f", "flat"], ["h"], name="/flatten"),  # [b, 32 * 4 * 4]
+        helper.make_node("Gemm", ["h", "g1.weight", "g1.bias"], ["i"], transB=1, name="/g1/Gemm"),
+        helper.make_node("Sigmoid", ["i"], ["j"], name="/sigmoid"),
+        helper.make_node("Gemm", ["j", "g2.weight"], ["y"], name="/g2/Gemm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn_bn",
+        [helper.make_tensor_value_info("x", F, [2, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [2, 16]), helper.make_tensor_value_info("g", F, [2, 32, 1, 1])],
+        inits,
+    )
+    return _finish(graph)
+
+
 MODELS = {
     "constant_nodes.onnx": constant_nodes,
     "subgraphs.onnx": subgraphs,
@@ -440,4 +486,5 @@ MODELS = {
     "odd_shapes.onnx": odd_shapes,
     "nan_weights.onnx": nan_weights,
     "cnn.onnx": cnn,
+    "cnn_bn.onnx": cnn_bn,
 }

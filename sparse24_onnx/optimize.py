@@ -25,7 +25,7 @@ from .model_io import (
     initializer_bytes,
     load_model,
 )
-from .passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
+from .passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
 from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
 from .validate import compare_runs, open_session, run_feeds
 from .weights import Status, WeightRecord, weight_records
@@ -72,6 +72,19 @@ def build_parser() -> ArgumentParser:
         default="dense",
         help="dense: pruned weights with their zeros, what TensorRT reads (default); compressed: kept values + "
         "2-bit positions and a decompression subgraph, about half the size, runs in stock onnxruntime",
+    )
+    parser.add_argument(
+        "--permute",
+        action="store_true",
+        help="reorder the channels between layer pairs (MatMul/Gemm/Conv chains) so that 2:4 keeps more "
+        "magnitude; the model's function is unchanged",
+    )
+    parser.add_argument(
+        "--permute-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="time budget of the permutation search, all layers together (default 20)",
     )
     parser.add_argument(
         "--external-data",
@@ -152,6 +165,8 @@ def _check_options(args) -> None:
         raise BadInput("--max-rel-error must be a number >= 0")
     if args.max_rel_error is not None and args.no_validate:
         raise BadInput("--max-rel-error needs validation; drop --no-validate")
+    if not args.permute_seconds > 0:
+        raise BadInput("--permute-seconds must be a positive number")
     if args.num_feeds < 1:
         raise BadInput("--num-feeds must be at least 1")
     check_report_path(args.report)
@@ -201,7 +216,10 @@ def _run(args) -> int:
     written: list[Path] = []
     with StagedOutput(out, external_data=external, input_files=input_files) as staged:
         compressed = args.format == "compressed"
-        passes = [find, PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
+        passes = [find]
+        if args.permute:
+            passes.append(PermuteChannels(seconds=args.permute_seconds))
+        passes.append(PruneWeights(method, progress=progress.weight, sink=None if compressed else staged))
         if compressed:
             passes.append(CompressWeights(sink=staged))
         pipeline = Pipeline(*passes, RecordProvenance(method.name, args.format, args.tc_shapes))

@@ -167,6 +167,8 @@ class WeightRecord:
         storage: How a pruned weight is stored: ``dense`` or ``compressed``.
         storage_note: Why a pruned weight stayed dense under ``--format compressed``.
         compressed: The entry written for it in the compressed format, if any.
+        permutation: With ``--permute``: the producer layer and the share of
+            ``|w|`` 2:4 keeps before and after the channel permutation.
     """
 
     name: str
@@ -183,6 +185,7 @@ class WeightRecord:
     storage: str = "dense"
     storage_note: str = ""
     compressed: object | None = None
+    permutation: dict | None = None
 
     def skip(self, reason: str, *, deliberate: bool = False) -> None:
         """Mark the weight as not to be pruned, for ``reason`` (one line)."""

@@ -2,12 +2,14 @@
 
 ``optimize`` runs::
 
-    Pipeline(FindWeights(exclude), PruneWeights(method), [CompressWeights(),] RecordProvenance(method.name))
+    Pipeline(FindWeights(exclude), [PermuteChannels(),] PruneWeights(method), [CompressWeights(),]
+             RecordProvenance(method.name))
 """
 
 from .base import PassResult, Pipeline, PipelineResult
 from .compress_weights import CompressWeights
 from .find_weights import FindWeights
+from .permute_channels import PermuteChannels
 from .provenance import PROVENANCE_KEY, RecordProvenance, read_provenance
 from .prune_weights import InMemory, PruneWeights, TensorSink
 
@@ -17,6 +19,7 @@ __all__ = [
     "FindWeights",
     "InMemory",
     "PassResult",
+    "PermuteChannels",
     "Pipeline",
     "PipelineResult",
     "PruneWeights",

@@ -1,0 +1,256 @@
+"""Pass: permute channels so that 2:4 pruning keeps more of each weight, without changing the model.
+
+For a consumer weight ``W2`` pruned along its reduction axis (the channels of
+its input ``h``), the channels of ``h`` can be reordered if the layer that
+produces ``h`` is reordered the same way: its weight's output axis, its bias,
+and every per-channel constant between the two (a bias ``Add``, a
+``BatchNormalization``, a channel-wise ``Mul``), with only element-wise ops on
+the way.  The model then computes exactly the same function (up to the order
+of floating-point sums), but the groups of 4 that ``W2``'s pruning sees are
+chosen by :func:`~sparse24_onnx.core.permutation.search_permutation` to keep
+more of ``|W2|``.
+
+Chains handled: ``MatMul -> ... -> MatMul`` (transformer FFN), ``Gemm -> ... ->
+Gemm`` and ``Conv -> [BatchNormalization] -> ... -> Conv``; anything else is left
+as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from ..core.permutation import search_permutation
+from ..weights import ConstantNodeSource, InitializerSource, Status, WeightRecord, weight_records
+from .base import InPlacePass, PassResult
+
+__all__ = ["PermuteChannels"]
+
+#: One input, one output, element i of the output a function of element i of the input.
+_UNARY = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish",
+        "Tanh", "Softplus", "Softsign", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Identity", "Cast",
+        "Mish", "ThresholdedRelu", "Clip", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    }
+)  # fmt: skip
+#: Element-wise with broadcasting: fine when every other input is in the chain or a constant.
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum"})
+
+
+@dataclass
+class _Chain:
+    """A producer layer, the element-wise region after it, and the consumer weight."""
+
+    consumer: WeightRecord
+    producer: ir.Node
+    channels: int
+    # (tensor holder, axis to permute) for every constant that carries the channel axis
+    moves: list[tuple[InitializerSource | ConstantNodeSource, int]] = field(default_factory=list)
+
+
+def _holder(value: ir.Value) -> InitializerSource | ConstantNodeSource | None:
+    if value.const_value is not None and value.is_initializer() and not value.is_graph_input():
+        return InitializerSource(value)
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return ConstantNodeSource(producer)
+    return None
+
+
+def _only_used_by(value: ir.Value, nodes: set[int]) -> bool:
+    return not value.is_graph_output() and all(id(node) in nodes for node, _ in value.uses())
+
+
+def _data_input(node: ir.Node, index: int, record: WeightRecord) -> tuple[ir.Value, int] | None:
+    """The consumer's data input and its channel axis (``-1`` = last), if the chain can end here."""
+    if node.op_type == "MatMul" and index == 1 and len(record.shape) == 2:
+        return node.inputs[0], -1
+    if node.op_type == "Gemm" and index == 1 and not node.attributes.get_int("transA", 0):
+        return node.inputs[0], -1
+    if node.op_type == "Conv" and index == 1 and node.attributes.get_int("group", 1) == 1:
+        return node.inputs[0], 1
+    return None
+
+
+def _producer_moves(node: ir.Node, channels: int) -> list[tuple[ir.Value, int]] | None:
+    """The producer layer's tensors that carry its output channels, with the axis; None if not a layer."""
+    if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        return None
+    inputs = node.inputs
+    if node.op_type == "MatMul" and len(inputs) == 2 and inputs[1] is not None:
+        weight = inputs[1]
+        if weight.const_value is None and _holder(weight) is None:
+            return None
+        return [(weight, 1)]
+    if node.op_type == "Gemm" and inputs[1] is not None and not node.attributes.get_int("transA", 0):
+        moves = [(inputs[1], 0 if node.attributes.get_int("transB", 0) else 1)]
+        if len(inputs) > 2 and inputs[2] is not None:
+            moves.append((inputs[2], -1))
+        return moves
+    if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1 and inputs[1] is not None:
+        moves = [(inputs[1], 0)]
+        if len(inputs) > 2 and inputs[2] is not None:
+            moves.append((inputs[2], 0))
+        return moves
+    return None
+
+
+def _channel_axis_of_constant(shape: tuple[int, ...], data_rank: int, channel_axis: int) -> int | None:
+    """Which axis of a broadcast constant lines up with the data's channel axis (None: none does)."""
+    absolute = channel_axis % data_rank
+    axis = absolute - (data_rank - len(shape))
+    return axis if axis >= 0 else None
+
+
+def find_chain(record: WeightRecord) -> _Chain | None:
+    """The permutable chain that ends at ``record``'s weight, or None."""
+    source = record.source
+    if source is None or record.axis is None or len(record.uses) != 1 or record.uses[0].via:
+        return None
+    uses = list(source.value.uses())
+    if len(uses) != 1:
+        return None
+    consumer, index = uses[0]
+    found = _data_input(consumer, index, record)
+    if found is None:
+        return None
+    data, channel_axis = found
+    channels = record.shape[record.axis]
+    known = data.shape is not None and len(data.shape) > 0
+    data_rank = len(data.shape) if known else (2 if channel_axis == -1 else 4)
+    region: set[int] = {id(consumer)}
+    region_values = [data]
+    moves: list[tuple[ir.Value, int]] = []
+    producer = None
+    pending = [data]
+    seen: set[int] = set()
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        node = value.producer()
+        if node is None:
+            return None
+        layer = _producer_moves(node, channels)
+        if layer is not None and node.op_type == consumer.op_type:
+            if producer is not None and producer is not node:
+                return None
+            producer = node
+            region.add(id(node))
+            region_values.extend(node.outputs)
+            moves.extend(layer)
+            continue
+        if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+            return None
+        region.add(id(node))
+        region_values.extend(node.outputs)
+        if node.op_type == "BatchNormalization":
+            if len(node.inputs) != 5 or any(i is None for i in node.inputs):
+                return None
+            moves.extend((i, 0) for i in node.inputs[1:])
+            pending.append(node.inputs[0])
+        elif node.op_type in _UNARY:
+            pending.append(node.inputs[0])
+            for extra in node.inputs[1:]:  # Clip min/max, PRelu slope: constants, maybe per channel
+                if extra is not None:
+                    if _holder(extra) is None and extra.const_value is None:
+                        return None
+                    moves.append((extra, None))
+        elif node.op_type in _BINARY:
+            for operand in node.inputs:
+                if operand is None:
+                    continue
+                if _holder(operand) is not None or operand.const_value is not None:
+                    moves.append((operand, None))
+                else:
+                    pending.append(operand)
+        else:
+            return None
+    if producer is None:
+        return None
+    # Every value of the region must stay inside it (the data only feeds the consumer).
+    if not all(_only_used_by(v, region) for v in region_values):
+        return None
+    chain = _Chain(record, producer, channels)
+    for value, axis in moves:
+        holder = _holder(value)
+        if holder is None:
+            return None
+        shape = tuple(int(d) for d in holder.tensor.shape)
+        if axis is None:  # a constant operand of an element-wise op: broadcast along the channel axis?
+            axis = _channel_axis_of_constant(shape, data_rank, channel_axis)
+            if axis is None or shape[axis] == 1:
+                continue
+        if not shape or int(np.prod(shape)) == 1:
+            continue  # a scalar (a Gemm's scalar C, say) is the same for every channel
+        axis = axis % len(shape)
+        if shape[axis] != channels:
+            return None
+        if not _only_used_by(holder.value, region):
+            return None  # shared with other layers: reordering it would change them
+        chain.moves.append((holder, axis))
+    return chain
+
+
+class PermuteChannels(InPlacePass):
+    """Reorder the channels between layer pairs so that 2:4 pruning keeps more magnitude.
+
+    Runs after :class:`FindWeights` and before :class:`PruneWeights`.  For every
+    candidate weight at the end of a chain (see the module docstring) it
+    searches an order that raises the magnitude its 2:4 pruning keeps, and if
+    one is found applies it to the whole chain.  The record's ``permutation``
+    says, as fractions of the weight's total ``|w|``, what 2:4 would keep before
+    and after.
+
+    Args:
+        seconds: Time budget for all searches together.
+        seed: Seed of the search.
+    """
+
+    def __init__(self, seconds: float = 20.0, seed: int = 0) -> None:
+        self.seconds = seconds
+        self.seed = seed
+
+    def call(self, model: ir.Model) -> PassResult:
+        chains = []
+        for record in weight_records(model):
+            if record.status == Status.CANDIDATE:
+                chain = find_chain(record)
+                if chain is not None:
+                    chains.append(chain)
+        changed = []
+        for chain in chains:
+            record = chain.consumer
+            weights = record.source.tensor.numpy()
+            moved = np.moveaxis(np.abs(weights.astype(np.float32)), record.axis, 0)
+            importance = moved.reshape(moved.shape[0], -1)
+            result = search_permutation(importance, seconds=self.seconds / len(chains), seed=self.seed)
+            record.permutation = {
+                "producer": chain.producer.name or "",
+                "retained_before": result.before / result.total if result.total else 0.0,
+                "retained_after": result.after / result.total if result.total else 0.0,
+            }
+            if result.after <= result.before:
+                continue
+            for holder, axis in [(record.source, record.axis), *chain.moves]:
+                _permute(holder, axis, result.perm)
+            changed.append(record)
+        return PassResult(model, modified=bool(changed), weights=changed)
+
+
+def _permute(holder: InitializerSource | ConstantNodeSource, axis: int, perm: np.ndarray) -> None:
+    tensor = holder.tensor
+    array = np.take(tensor.numpy(), perm, axis=axis)
+    holder.replace(
+        ir.Tensor(
+            array,
+            dtype=tensor.dtype,
+            name=tensor.name,
+            doc_string=tensor.doc_string,
+            metadata_props=dict(tensor.metadata_props) or None,
+        )
+    )
