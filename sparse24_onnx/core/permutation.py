@@ -45,14 +45,18 @@ class PermutationResult:
         after: Retained score of ``perm``.
         total: Sum of all importances (what unstructured pruning could not exceed).
         sweeps: Sweeps of swaps performed.
+        stopped: Why the search ended: ``converged`` (no swap helps), ``sweeps``
+            (``max_sweeps`` reached) or ``time`` (the time cap; then the result
+            depends on the machine's speed).
     """
 
-    def __init__(self, perm: np.ndarray, before: float, after: float, total: float, sweeps: int) -> None:
+    def __init__(self, perm: np.ndarray, before: float, after: float, total: float, sweeps: int, stopped: str) -> None:
         self.perm = perm
         self.before = before
         self.after = after
         self.total = total
         self.sweeps = sweeps
+        self.stopped = stopped
 
 
 def _leave_one_out_top2(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,13 +76,14 @@ _SWEEP_WORK = 1 << 27
 
 
 def search_permutation(
-    importance: np.ndarray, *, seconds: float = 2.0, seed: int = 0, partners: int = 128
+    importance: np.ndarray, *, seconds: float = 2.0, seed: int = 0, partners: int = 128, max_sweeps: int = 16
 ) -> PermutationResult:
     """Search an order of the rows of ``importance`` that keeps more of it under 2:4.
 
     Args:
         importance: ``(H, C)`` non-negative scores, ``H`` a multiple of 4.
-        seconds: Time budget; the search stops after the sweep that exceeds it.
+        seconds: Time cap; the search stops after the sweep that exceeds it.  The
+            result is reproducible as long as the cap is not reached.
         seed: Seed for choosing swap partners when there are many groups.
         partners: At most this many groups each group is compared with per sweep
             (all of them when there are fewer; fewer on large layers, so that a
@@ -99,7 +104,14 @@ def search_permutation(
     partners = int(min(partners, max(4, _SWEEP_WORK // max(1, 16 * groups_count * c))))
     deadline = time.monotonic() + seconds
     sweeps = 0
-    while groups_count > 1 and time.monotonic() < deadline:
+    stopped = "converged"
+    while groups_count > 1:
+        if sweeps >= max_sweeps:
+            stopped = "sweeps"
+            break
+        if time.monotonic() >= deadline:
+            stopped = "time"
+            break
         groups = s[perm].reshape(groups_count, 4, c)
         base = np.sort(groups, axis=1)[:, 2:, :].sum(axis=(1, 2))  # (G,)
         top1, top2 = _leave_one_out_top2(groups)
@@ -156,4 +168,4 @@ def search_permutation(
     after = retained_score(s, perm)
     if after < before:  # cannot happen with improving swaps only; kept as a guard
         perm, after = np.arange(h), before
-    return PermutationResult(perm, before, after, total, sweeps)
+    return PermutationResult(perm, before, after, total, sweeps, stopped)

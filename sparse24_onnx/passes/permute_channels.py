@@ -11,8 +11,9 @@ chosen by :func:`~sparse24_onnx.core.permutation.search_permutation` to keep
 more of ``|W2|``.
 
 Chains handled: ``MatMul -> ... -> MatMul`` (transformer FFN), ``Gemm -> ... ->
-Gemm`` and ``Conv -> [BatchNormalization] -> ... -> Conv``; anything else is left
-as it is.
+Gemm`` and ``Conv -> [BatchNormalization] -> ... -> Conv``, where the middle may
+also hold depthwise convolutions (one filter per channel, as in MobileNet-style
+blocks: they reorder with the channels); anything else is left as it is.
 """
 
 from __future__ import annotations
@@ -98,6 +99,18 @@ def _producer_moves(node: ir.Node, channels: int) -> list[tuple[ir.Value, int]] 
     return None
 
 
+def _depthwise(node: ir.Node, channels: int) -> bool:
+    """A depthwise Conv over exactly these channels (group = channels, one input channel per filter)."""
+    if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    weight = node.inputs[1]
+    holder = _holder(weight)
+    if holder is None:
+        return False
+    shape = tuple(int(d) for d in holder.tensor.shape)
+    return node.attributes.get_int("group", 1) == channels and len(shape) >= 3 and shape[:2] == (channels, 1)
+
+
 def _channel_axis_of_constant(shape: tuple[int, ...], data_rank: int, channel_axis: int) -> int | None:
     """Which axis of a broadcast constant lines up with the data's channel axis (None: none does)."""
     absolute = channel_axis % data_rank
@@ -148,7 +161,12 @@ def find_chain(record: WeightRecord) -> _Chain | None:
             return None
         region.add(id(node))
         region_values.extend(node.outputs)
-        if node.op_type == "BatchNormalization":
+        if _depthwise(node, channels):  # one filter per channel: reorders with the channels
+            moves.append((node.inputs[1], 0))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                moves.append((node.inputs[2], 0))
+            pending.append(node.inputs[0])
+        elif node.op_type == "BatchNormalization":
             if len(node.inputs) != 5 or any(i is None for i in node.inputs):
                 return None
             moves.extend((i, 0) for i in node.inputs[1:])
@@ -207,11 +225,12 @@ class PermuteChannels(InPlacePass):
     and after.
 
     Args:
-        seconds: Time budget for all searches together.
+        seconds: Time cap for all searches together, shared equally; a search
+            cut by it is marked ``"stopped": "time"`` in ``record.permutation``.
         seed: Seed of the search.
     """
 
-    def __init__(self, seconds: float = 20.0, seed: int = 0) -> None:
+    def __init__(self, seconds: float = 60.0, seed: int = 0) -> None:
         self.seconds = seconds
         self.seed = seed
 
@@ -233,6 +252,8 @@ class PermuteChannels(InPlacePass):
                 "producer": chain.producer.name or "",
                 "retained_before": result.before / result.total if result.total else 0.0,
                 "retained_after": result.after / result.total if result.total else 0.0,
+                "sweeps": result.sweeps,
+                "stopped": result.stopped,
             }
             if result.after <= result.before:
                 continue
