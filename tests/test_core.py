@@ -248,6 +248,7 @@ def test_core_imports_numpy_only():
                     "collections",
                     "typing",
                     "math",
+                    "time",
                 }, (
                     path,
                     name,
