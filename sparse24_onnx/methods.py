@@ -13,11 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
+from .calibration import LayerStats
 from .core import gradient_importance, prune_24_dense
+from .core.sparsegpt import layer_output_error, sparsegpt_24, wanda_importance
 from .errors import BadInput
 from .weights import WeightRecord
 
-__all__ = ["GradientMethod", "MagnitudeMethod", "PruneMethod", "load_gradients"]
+__all__ = ["GradientMethod", "MagnitudeMethod", "PruneMethod", "SparseGPTMethod", "WandaMethod", "load_gradients"]
 
 
 class PruneMethod(Protocol):
@@ -87,3 +89,89 @@ def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
         raise BadInput(f"{path}: no such gradients file") from None
     except (OSError, ValueError) as error:
         raise BadInput(f"{path}: not a readable .npz file ({error})") from None
+
+
+def _rows_view(weights: np.ndarray, axis: int) -> np.ndarray:
+    """A weight as (rows, K): K its reduction axis, one row per output feature."""
+    moved = np.moveaxis(weights, axis, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
+def _from_rows(rows: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
+    moved_shape = np.moveaxis(np.empty(like.shape, dtype=np.bool_), axis, -1).shape
+    return np.moveaxis(rows.reshape(moved_shape), -1, axis)
+
+
+class _Calibrated:
+    """Shared by the calibration-aware methods: statistics per weight, notes for the report."""
+
+    blockwise = False
+
+    def __init__(self, stats: dict[str, LayerStats]) -> None:
+        self.stats = stats
+
+    def _note(self, record: WeightRecord, weights: np.ndarray, pruned: np.ndarray, used: str) -> None:
+        stats = self.stats.get(record.name)
+        record.calibration = {"method": used, "samples": stats.rows if stats else 0, "layer_output_error": None}
+        if stats is not None and stats.hessian is not None and weights.ndim >= 2:
+            record.calibration["layer_output_error"] = layer_output_error(
+                _rows_view(weights, record.axis), _rows_view(pruned, record.axis), stats.hessian
+            )
+
+
+class WandaMethod(_Calibrated):
+    """Keep the 2 of every 4 with the largest ``|w| * ||X_j||`` (Wanda); kept values unchanged.
+
+    Weights whose layer input was not captured (inside a subgraph or function)
+    fall back to magnitude, which the report says.
+    """
+
+    name = "wanda"
+    values_kept = True
+
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        stats = self.stats.get(record.name)
+        if stats is None:
+            pruned = prune_24_dense(weights, record.axis, out=out)
+            self._note(record, weights, pruned, "magnitude (no calibration activations reach this layer)")
+            return pruned
+        if not np.isfinite(weights).all():
+            return "contains NaN or Inf"
+        importance = wanda_importance(weights, stats.sq_norm, record.axis)
+        pruned = prune_24_dense(weights, record.axis, importance, out=out)
+        self._note(record, weights, pruned, "wanda")
+        return pruned
+
+
+class SparseGPTMethod(_Calibrated):
+    """SparseGPT: 2:4 masks chosen and kept weights updated from ``H = X^T X``.
+
+    Needs the Hessian (K up to 8192); 2-D weights only.  Other weights (Conv, or
+    no Hessian) are pruned with Wanda; those with no captured input with
+    magnitude; the report says which.
+    """
+
+    name = "sparsegpt"
+    values_kept = False
+
+    def __init__(self, stats: dict[str, LayerStats], damp: float = 0.01) -> None:
+        super().__init__(stats)
+        self.damp = damp
+        self.wanda = WandaMethod(stats)
+
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        stats = self.stats.get(record.name)
+        if stats is None or stats.hessian is None or weights.ndim != 2:
+            pruned = self.wanda.prune(record, weights, out)
+            if isinstance(pruned, str) or stats is None:
+                return pruned
+            reason = "Conv or batched weight" if weights.ndim != 2 else f"K = {weights.shape[record.axis]} too large"
+            record.calibration["method"] = f"wanda (SparseGPT: {reason})"
+            return pruned
+        if not np.isfinite(weights).all():
+            return "contains NaN or Inf"
+        rows = sparsegpt_24(_rows_view(weights, record.axis), stats.hessian, damp=self.damp)
+        pruned = np.ascontiguousarray(_from_rows(rows, weights, record.axis)).astype(weights.dtype)
+        # Casting to a narrower dtype can only add zeros; the pruned ones are exact zeros already.
+        self._note(record, weights, pruned, "sparsegpt")
+        return pruned

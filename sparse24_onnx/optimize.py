@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .calibration import collect_stats
 from .cli import ArgumentParser, run_main
 from .errors import BadInput, ExitCode
 from .feeds import InputSpec, generate_feeds, infer_int_ranges, load_feeds, parse_int_ranges, parse_shapes
-from .methods import GradientMethod, MagnitudeMethod, PruneMethod, load_gradients
+from .methods import GradientMethod, MagnitudeMethod, PruneMethod, SparseGPTMethod, WandaMethod, load_gradients
 from .model_io import (
     PROTOBUF_LIMIT_BYTES,
     StagedOutput,
@@ -45,9 +46,22 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
     parser.add_argument(
         "--method",
-        choices=("magnitude", "gradient"),
+        choices=("magnitude", "gradient", "wanda", "sparsegpt"),
         default="magnitude",
-        help="importance of each weight: |w| (default) or |w*g| with --gradients",
+        help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; wanda (|w| * ||x||) or "
+        "sparsegpt (Hessian-aware, kept weights updated), both with --calibration",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help="calibration inputs for wanda/sparsegpt: a .npz keyed by graph input name, or a folder of them",
+    )
+    parser.add_argument(
+        "--damp",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="sparsegpt: Hessian dampening, as a fraction of its mean diagonal (default 0.01)",
     )
     parser.add_argument(
         "--gradients", metavar="PATH.npz", help="gradients keyed by initializer name (--method gradient)"
@@ -151,7 +165,13 @@ class _Progress:
             self.say(f"pruning {done + 1}/{total}: {record.name} ({shape})")
 
 
-def _method(args) -> PruneMethod:
+def _method(args, stats=None) -> PruneMethod:
+    if args.method in ("wanda", "sparsegpt"):
+        if args.method == "wanda":
+            return WandaMethod(stats or {})
+        return SparseGPTMethod(stats or {}, damp=args.damp)
+    if args.calibration:
+        raise BadInput("--calibration is used with --method wanda or sparsegpt")
     if args.method == "gradient":
         if not args.gradients:
             raise BadInput("--method gradient needs --gradients PATH.npz (gradients keyed by initializer name)")
@@ -162,6 +182,10 @@ def _method(args) -> PruneMethod:
 
 
 def _check_options(args) -> None:
+    if args.method in ("wanda", "sparsegpt") and not args.calibration:
+        raise BadInput(f"--method {args.method} needs --calibration PATH (.npz keyed by input name, or a folder)")
+    if not 0 <= args.damp < 1:
+        raise BadInput("--damp must be in [0, 1)")
     if args.max_rel_error is not None and not args.max_rel_error >= 0:
         raise BadInput("--max-rel-error must be a number >= 0")
     if args.max_rel_error is not None and args.no_validate:
@@ -188,6 +212,11 @@ def _run(args) -> int:
     input_files = external_files(model)
 
     validate = not args.no_validate
+    calibration = None
+    if args.calibration:
+        session = open_session(inp, role="input")
+        calibration = load_feeds(args.calibration, InputSpec.from_session(session))
+        del session
     if validate:
         progress.say("running the original model in onnxruntime")
         session = open_session(inp, role="input")
@@ -217,14 +246,19 @@ def _run(args) -> int:
     written: list[Path] = []
     with StagedOutput(out, external_data=external, input_files=input_files) as staged:
         compressed = args.format == "compressed"
-        passes = [find]
+        analysis = [find]
         if args.permute:
-            passes.append(PermuteChannels(seconds=args.permute_seconds))
-        passes.append(PruneWeights(method, progress=progress.weight, sink=None if compressed else staged))
+            analysis.append(PermuteChannels(seconds=args.permute_seconds))
+        Pipeline(*analysis)(model)
+        if calibration is not None:
+            progress.say(f"capturing layer inputs on {len(calibration)} calibration feeds")
+            candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+            stats = collect_stats(model, candidates, calibration, hessian=True)
+            method = _method(args, stats)
+        rewrite = [PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
         if compressed:
-            passes.append(CompressWeights(sink=staged))
-        pipeline = Pipeline(*passes, RecordProvenance(method.name, args.format, args.tc_shapes))
-        pipeline(model)
+            rewrite.append(CompressWeights(sink=staged))
+        Pipeline(*rewrite, RecordProvenance(method.name, args.format, args.tc_shapes))(model)
         records = weight_records(model)
         progress.say(f"saving {out}" + (f" with external data {out.name}.data" if external else ""))
         staged.save(model)

@@ -44,6 +44,7 @@ def tensor_entry(record: WeightRecord) -> dict[str, object]:
         "storage": record.storage if record.status in (Status.PRUNED, Status.SPARSE) else None,
         "storage_note": record.storage_note,
         "permutation": record.permutation,
+        "calibration": record.calibration,
         **{name: metrics.get(name) for name in _METRIC_FIELDS},
     }
 

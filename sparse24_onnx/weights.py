@@ -169,6 +169,9 @@ class WeightRecord:
         compressed: The entry written for it in the compressed format, if any.
         permutation: With ``--permute``: the producer layer and the share of
             ``|w|`` 2:4 keeps before and after the channel permutation.
+        calibration: With a calibration-aware method: the method used for this
+            weight, the calibration rows seen, and the layer's own output error
+            ``||XW' - XW|| / ||XW||`` on the calibration data.
     """
 
     name: str
@@ -186,6 +189,7 @@ class WeightRecord:
     storage_note: str = ""
     compressed: object | None = None
     permutation: dict | None = None
+    calibration: dict | None = None
 
     def skip(self, reason: str, *, deliberate: bool = False) -> None:
         """Mark the weight as not to be pruned, for ``reason`` (one line)."""

@@ -1,0 +1,97 @@
+"""Calibration-aware 2:4 pruning of a weight matrix: Wanda and SparseGPT.
+
+Both work on a weight viewed as ``W`` of shape ``(rows, K)``: one row per output
+feature, ``K`` the reduction axis (the one pruned in groups of 4), and on
+statistics of the layer's input ``X`` (``n`` rows of ``K`` features):
+
+* Wanda (Sun et al., 2023): importance ``|W_ij| * ||X_j||_2``; no weight update.
+* SparseGPT (Frantar & Alistarh, 2023): with the Hessian ``H = X^T X`` (dampened
+  by ``damp`` times its mean diagonal), columns are processed in blocks of 128;
+  at the first column of each group of 4, every row keeps the 2 entries of
+  highest ``w^2 / [H^-1]_jj^2``; each pruned weight's error is spread over the
+  not-yet-processed columns through the upper Cholesky factor of ``H^-1``.  The
+  kept weights change: the layer's output ``XW`` moves less than by magnitude.
+
+The column sweep of SparseGPT is sequential by nature (each column's update
+depends on the previous ones); every step is a whole-array operation over all
+rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .sparse24 import keep_mask, prune_24
+
+__all__ = ["layer_output_error", "sparsegpt_24", "wanda_importance"]
+
+
+def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int) -> np.ndarray:
+    """``|W| * ||X_j||_2`` broadcast along ``axis`` (``input_sq_norm`` holds ``sum of X_j^2``, length K)."""
+    weights = np.asarray(weights)
+    norm = np.sqrt(np.asarray(input_sq_norm, dtype=np.float64))
+    shape = [1] * weights.ndim
+    shape[axis] = norm.size
+    return np.abs(weights.astype(np.float64)) * norm.reshape(shape)
+
+
+def _keep_top2(scores: np.ndarray) -> np.ndarray:
+    """Boolean (rows, 4) mask of the 2 highest scores per row, ties to the lower index."""
+    return keep_mask(prune_24(scores, scores, axis=1))
+
+
+def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """SparseGPT 2:4 pruning of ``weights`` ``(rows, K)`` given ``H = X^T X`` ``(K, K)``.
+
+    Returns the pruned weights (float64), exactly 2:4 along axis 1 (pruned
+    entries are 0), the kept ones updated to compensate the error.
+
+    Columns whose Hessian diagonal is 0 (inputs always zero) carry no
+    information: their weights are pruned first and the diagonal set to 1, as
+    in the reference implementation.
+    """
+    w = np.array(weights, dtype=np.float64)
+    k = w.shape[1]
+    if k % 4:
+        raise ValueError(f"K = {k} is not a multiple of 4")
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    # Upper Cholesky factor of H^-1, as in SparseGPT: H^-1 = U^T U.
+    inverse = np.linalg.inv(np.linalg.cholesky(h))
+    hinv = np.linalg.cholesky(inverse.T @ inverse).T
+    block = max(4, block - block % 4)
+    for start in range(0, k, block):
+        stop = min(start + block, k)
+        w1 = w[:, start:stop].copy()
+        q1 = np.zeros_like(w1)
+        err1 = np.zeros_like(w1)
+        hinv1 = hinv[start:stop, start:stop]
+        mask = np.zeros_like(w1, dtype=bool)  # True = pruned
+        for i in range(stop - start):
+            if i % 4 == 0:
+                scores = w1[:, i : i + 4] ** 2 / np.diag(hinv1)[i : i + 4] ** 2
+                mask[:, i : i + 4] = ~_keep_top2(scores)
+            column = w1[:, i]
+            q = np.where(mask[:, i], 0.0, column)
+            q1[:, i] = q
+            e = (column - q) / hinv1[i, i]
+            w1[:, i:] -= np.outer(e, hinv1[i, i:])
+            err1[:, i] = e
+        w[:, start:stop] = q1
+        w[:, stop:] -= err1 @ hinv[start:stop, stop:]
+    return w
+
+
+def layer_output_error(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:
+    """``||X W'^T - X W^T|| / ||X W^T||`` from ``H = X^T X``, for weights of shape ``(rows, K)``."""
+    w = np.asarray(original, dtype=np.float64)
+    e = np.asarray(pruned, dtype=np.float64) - w
+    h = np.asarray(hessian, dtype=np.float64)
+    reference = float(np.einsum("rk,kl,rl->", w, h, w))
+    change = float(np.einsum("rk,kl,rl->", e, h, e))
+    if reference <= 0:
+        return 0.0 if change == 0 else float("inf")
+    return float(np.sqrt(max(change, 0.0) / reference))

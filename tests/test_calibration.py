@@ -1,0 +1,180 @@
+"""Calibration-aware pruning: Wanda and SparseGPT against direct references, captured statistics, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sparse24_onnx.calibration import collect_stats
+from sparse24_onnx.core import is_24, prune_24_dense
+from sparse24_onnx.core.sparsegpt import layer_output_error, sparsegpt_24, wanda_importance
+from sparse24_onnx.model_io import load_model
+from sparse24_onnx.optimize import main as optimize_main
+from sparse24_onnx.passes import FindWeights
+from sparse24_onnx.weights import Status
+
+from .helpers import packaged_file
+
+
+def reference_sparsegpt(w: np.ndarray, h: np.ndarray, damp: float) -> np.ndarray:
+    """SparseGPT written plainly: one column at a time, the whole inverse Hessian factor, no blocks."""
+    w = w.astype(np.float64).copy()
+    h = h.astype(np.float64).copy()
+    k = w.shape[1]
+    h += np.eye(k) * damp * np.mean(np.diag(h))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, U upper
+    pruned = np.zeros_like(w, dtype=bool)
+    for i in range(k):
+        if i % 4 == 0:
+            scores = w[:, i : i + 4] ** 2 / np.diag(u)[i : i + 4] ** 2
+            order = np.argsort(-scores, axis=1, kind="stable")  # keep the 2 largest, lower index on ties
+            pruned[:, i : i + 4] = True
+            np.put_along_axis(pruned[:, i : i + 4], order[:, :2], False, axis=1)
+        q = np.where(pruned[:, i], 0.0, w[:, i])
+        err = (w[:, i] - q) / u[i, i]
+        w[:, i:] -= np.outer(err, u[i, i:])
+        w[:, i] = q
+    return w
+
+
+@pytest.mark.parametrize(("rows", "k", "block"), [(6, 16, 128), (10, 48, 16), (3, 8, 4)])
+def test_sparsegpt_matches_a_plain_reference(rows, k, block):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((200, k)) @ rng.standard_normal((k, k))  # correlated inputs
+    w = rng.standard_normal((rows, k))
+    h = x.T @ x
+    ours = sparsegpt_24(w, h, damp=0.01, block=block)
+    np.testing.assert_allclose(ours, reference_sparsegpt(w, h, 0.01), rtol=1e-9, atol=1e-9)
+    assert is_24(ours, 1)
+    # It minimises the layer's own output error: better than magnitude on the same inputs.
+    magnitude = prune_24_dense(w, 1)
+    assert layer_output_error(w, ours, h) < layer_output_error(w, magnitude, h)
+    direct = np.linalg.norm(x @ ours.T - x @ w.T) / np.linalg.norm(x @ w.T)
+    assert layer_output_error(w, ours, h) == pytest.approx(direct)
+
+
+def test_wanda_keeps_the_largest_weight_times_input_norm():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 12))  # [K, N]: groups along axis 0
+    sq_norm = rng.random(8) * 10
+    importance = wanda_importance(w, sq_norm, 0)
+    np.testing.assert_allclose(importance, np.abs(w) * np.sqrt(sq_norm)[:, None])
+    pruned = prune_24_dense(w, 0, importance)
+    for g in range(2):
+        for c in range(12):
+            kept = set(np.flatnonzero(pruned[4 * g : 4 * g + 4, c]))
+            assert kept == set(np.argsort(-importance[4 * g : 4 * g + 4, c], kind="stable")[:2])
+
+
+def test_captured_statistics_are_those_of_the_layer_inputs(models_dir):
+    model = load_model(models_dir / "mlp.onnx")
+    records = [r for r in FindWeights()(model).weights if r.status == Status.CANDIDATE]
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((3, 64)).astype(np.float32)} for _ in range(4)]
+    stats = collect_stats(model, records, feeds)
+    assert set(stats) == {"fc0.weight", "fc1.weight", "fc2.weight"}
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    assert stats["fc0.weight"].rows == 12
+    np.testing.assert_allclose(stats["fc0.weight"].sq_norm, (x**2).sum(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats["fc0.weight"].hessian, x.T @ x, rtol=1e-6)
+    # fc1 reads Relu(x @ fc0 + b0): check against onnxruntime's own intermediate.
+    w0 = model.graph.initializers["fc0.weight"].const_value.numpy()
+    b0 = model.graph.initializers["fc0.bias"].const_value.numpy()
+    hidden = np.maximum(x @ w0 + b0, 0)
+    np.testing.assert_allclose(stats["fc1.weight"].sq_norm, (hidden**2).sum(axis=0), rtol=1e-4)
+    assert [o.name for o in model.graph.outputs] == ["y"]  # the model is left as it was
+
+
+def _feeds(folder: Path, count: int, seed: int) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        np.savez(folder / f"{i}.npz", input_ids=rng.integers(0, 100, (2, 16)))
+    return folder
+
+
+def test_methods_from_the_command_line(models_dir, tmp_path):
+    calibration, held_out = _feeds(tmp_path / "cal", 8, 1), _feeds(tmp_path / "held", 4, 2)
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        report = tmp_path / f"{method}.json"
+        extra = [] if method == "magnitude" else ["--calibration", str(calibration)]
+        args = [str(models_dir / "transformer.onnx"), str(tmp_path / f"{method}.onnx"), "-q", "--method", method]
+        assert optimize_main([*args, "--inputs", str(held_out), "--report", str(report), *extra]) == 0
+        document = json.loads(report.read_text())
+        errors[method] = document["validation"]["worst_rel_l2_error"]
+        pruned = [t for t in document["tensors"] if t["status"] == "pruned"]
+        assert len(pruned) == 6
+        if method != "magnitude":
+            for entry in pruned:
+                assert entry["calibration"]["method"] == method
+                assert entry["calibration"]["samples"] == 8 * 2 * 16
+                assert 0 < entry["calibration"]["layer_output_error"] < 1
+    assert errors["sparsegpt"] < errors["magnitude"]
+    # SparseGPT updates the kept weights: the output is 2:4 but not a subset of the original.
+    from .helpers import all_tensors
+
+    original, updated = all_tensors(models_dir / "transformer.onnx"), all_tensors(tmp_path / "sparsegpt.onnx")
+    w, v = original["ffn.down.weight"], updated["ffn.down.weight"]
+    assert is_24(v, 0)
+    assert not np.array_equal(v[v != 0], w[v != 0])
+
+
+def test_calibration_errors_are_one_line(models_dir, tmp_path):
+    np.savez(tmp_path / "bad.npz", wrong=np.zeros(3))
+    cases = [
+        (["--method", "wanda"], "needs --calibration"),
+        (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz")], "no array for input"),
+        (["--calibration", str(tmp_path / "bad.npz")], "used with --method wanda or sparsegpt"),
+        (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz"), "--damp", "2"], "--damp"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "sparse24_onnx.optimize", str(models_dir / "transformer.onnx"),
+             str(tmp_path / "o.onnx"), *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        lines = [x for x in result.stderr.splitlines() if not x.startswith("[sparse24]")]
+        assert len(lines) == 1
+        assert message in lines[0]
+
+
+def test_trained_transformer_sparsegpt_halves_the_error(tmp_path):
+    """khmersm on real Khmer text: SparseGPT at least 2x below magnitude, Wanda not worse."""
+    model = packaged_file("khmersm", "khmersm/model.onnx")
+    char2id = json.loads(model.with_name("config.json").read_text(encoding="utf-8"))["char2id"]
+    data = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "khmer_sentences.txt"
+    sentences = [s for s in data.read_text(encoding="utf-8").splitlines() if s]
+    for name, chunk in (("cal", sentences[:32]), ("held", sentences[32:])):
+        (tmp_path / name).mkdir()
+        for i, sentence in enumerate(chunk):
+            ids = np.array([[char2id.get(ch, 1) for ch in sentence]], dtype=np.int64)
+            np.savez(tmp_path / name / f"{i:03d}.npz", x=ids, mask=np.ones_like(ids, dtype=bool))
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        report = tmp_path / f"{method}.json"
+        extra = [] if method == "magnitude" else ["--calibration", str(tmp_path / "cal")]
+        args = [
+            str(model),
+            str(tmp_path / f"{method}.onnx"),
+            "-q",
+            "--method",
+            method,
+            "--inputs",
+            str(tmp_path / "held"),
+        ]
+        assert optimize_main([*args, "--report", str(report), *extra]) == 0
+        errors[method] = json.loads(report.read_text())["validation"]["worst_rel_l2_error"]
+    assert errors["sparsegpt"] * 2 <= errors["magnitude"], errors
+    assert errors["wanda"] <= errors["magnitude"], errors
+    # The pruned model still runs in onnxruntime on the held-out text.
+    session = ort.InferenceSession(str(tmp_path / "sparsegpt.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[char2id.get(ch, 1) for ch in sentences[40]]], dtype=np.int64)
+    assert session.run(None, {"x": ids, "mask": np.ones_like(ids, dtype=bool)})[0].shape[1] == ids.shape[1]
