@@ -19,7 +19,15 @@ from .core.sparsegpt import layer_output_error, sparsegpt_24, wanda_importance
 from .errors import BadInput
 from .weights import WeightRecord
 
-__all__ = ["GradientMethod", "MagnitudeMethod", "PruneMethod", "SparseGPTMethod", "WandaMethod", "load_gradients"]
+__all__ = [
+    "GradientMethod",
+    "MagnitudeMethod",
+    "Precomputed",
+    "PruneMethod",
+    "SparseGPTMethod",
+    "WandaMethod",
+    "load_gradients",
+]
 
 
 class PruneMethod(Protocol):
@@ -175,3 +183,20 @@ class SparseGPTMethod(_Calibrated):
         # Casting to a narrower dtype can only add zeros; the pruned ones are exact zeros already.
         self._note(record, weights, pruned, "sparsegpt")
         return pruned
+
+
+class Precomputed:
+    """A method whose results are already known (the accuracy budget computed them): reused, not redone."""
+
+    blockwise = False
+
+    def __init__(self, inner: PruneMethod, results: dict[str, np.ndarray]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.values_kept = inner.values_kept
+        self.results = results
+
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        if record.name not in self.results:
+            return self.inner.prune(record, weights, out)
+        return self.results[record.name]

@@ -17,7 +17,15 @@ from .calibration import collect_stats
 from .cli import ArgumentParser, run_main
 from .errors import BadInput, ExitCode
 from .feeds import InputSpec, generate_feeds, infer_int_ranges, load_feeds, parse_int_ranges, parse_shapes
-from .methods import GradientMethod, MagnitudeMethod, PruneMethod, SparseGPTMethod, WandaMethod, load_gradients
+from .methods import (
+    GradientMethod,
+    MagnitudeMethod,
+    Precomputed,
+    PruneMethod,
+    SparseGPTMethod,
+    WandaMethod,
+    load_gradients,
+)
 from .model_io import (
     PROTOBUF_LIMIT_BYTES,
     StagedOutput,
@@ -28,6 +36,7 @@ from .model_io import (
 )
 from .passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
 from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
+from .sensitivity import fit_budget
 from .validate import compare_runs, open_session, run_feeds
 from .weights import Status, WeightRecord, weight_records
 
@@ -129,6 +138,12 @@ def build_parser() -> ArgumentParser:
         help="range [LOW, HIGH) of generated integer inputs, for all or one input (default: the table size "
         "for token ids feeding Gather, else 0:2)",
     )
+    validation.add_argument(
+        "--auto-exclude",
+        action="store_true",
+        help="with --max-rel-error: leave the most sensitive layers dense, as few as possible, until the "
+        "validation error is within the bound",
+    )
     validation.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
     validation.add_argument(
         "--num-feeds", type=int, default=1, metavar="N", help="number of generated feeds (default 1)"
@@ -188,6 +203,8 @@ def _check_options(args) -> None:
         raise BadInput("--damp must be in [0, 1)")
     if args.max_rel_error is not None and not args.max_rel_error >= 0:
         raise BadInput("--max-rel-error must be a number >= 0")
+    if args.auto_exclude and (args.max_rel_error is None or args.no_validate):
+        raise BadInput("--auto-exclude needs --max-rel-error and validation")
     if args.max_rel_error is not None and args.no_validate:
         raise BadInput("--max-rel-error needs validation; drop --no-validate")
     if not args.permute_seconds > 0:
@@ -255,6 +272,9 @@ def _run(args) -> int:
             candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
             stats = collect_stats(model, candidates, calibration, hessian=True)
             method = _method(args, stats)
+        budget = None
+        if args.auto_exclude:
+            budget, method = _fit_budget(model, method, feeds, reference, output_names, args.max_rel_error, progress)
         rewrite = [PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
         if compressed:
             rewrite.append(CompressWeights(sink=staged))
@@ -288,6 +308,15 @@ def _run(args) -> int:
                 "summary": _summary(records, [inp, *sorted(input_files)], written),
                 "tensors": [tensor_entry(r) for r in records],
                 "validation": validation,
+                "auto_exclude": None
+                if budget is None
+                else {
+                    "max_rel_error": args.max_rel_error,
+                    "dense": budget.dense,
+                    "error": budget.error,
+                    "sensitivity": budget.sensitivity,
+                    "evaluations": budget.evaluations,
+                },
                 "exit_code": int(exit_code),
             },
         )
@@ -303,6 +332,30 @@ def _run(args) -> int:
             f"{args.max_rel_error:g}; {out} was not written\n"
         )
     return int(exit_code)
+
+
+def _fit_budget(model, method, feeds, reference, output_names, bound, progress):
+    """Measure each candidate's sensitivity and leave the fewest most sensitive ones dense (see sensitivity.py)."""
+    candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+    results = {}
+    for record in candidates:
+        pruned = method.prune(record, record.source.tensor.numpy())
+        if isinstance(pruned, str):
+            continue
+        results[record.name] = pruned
+    candidates = [r for r in candidates if r.name in results]
+    progress.say(f"measuring the sensitivity of {len(candidates)} layers")
+    budget = fit_budget(model, candidates, results, feeds, reference, output_names, bound, progress=progress.say)
+    rank = {name: i + 1 for i, name in enumerate(budget.dense)}
+    for record in candidates:
+        if record.name in rank:
+            alone = budget.sensitivity[record.name]
+            record.skip(
+                f"left dense by --auto-exclude: pruned alone it moves the output by {alone:.3g} "
+                f"(most sensitive {rank[record.name]} of {len(candidates)})",
+                deliberate=True,
+            )
+    return budget, Precomputed(method, results)
 
 
 def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path]) -> dict[str, int | None]:

@@ -178,3 +178,51 @@ def test_trained_transformer_sparsegpt_halves_the_error(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "sparsegpt.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[char2id.get(ch, 1) for ch in sentences[40]]], dtype=np.int64)
     assert session.run(None, {"x": ids, "mask": np.ones_like(ids, dtype=bool)})[0].shape[1] == ids.shape[1]
+
+
+def test_auto_exclude_meets_the_bound_with_the_fewest_sensitive_layers_dense(models_dir, tmp_path):
+    from sparse24_onnx.check import main as check_main
+
+    calibration, held_out = _feeds(tmp_path / "cal", 8, 1), _feeds(tmp_path / "held", 4, 2)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = [
+        str(models_dir / "transformer.onnx"),
+        str(out),
+        "-q",
+        "--method",
+        "wanda",
+        "--calibration",
+        str(calibration),
+    ]
+    args += ["--inputs", str(held_out), "--max-rel-error", "0.2", "--auto-exclude", "--report", str(report)]
+    assert optimize_main(args) == 0
+    document = json.loads(report.read_text())
+    budget = document["auto_exclude"]
+    assert document["validation"]["worst_rel_l2_error"] <= 0.2
+    assert budget["error"] == pytest.approx(document["validation"]["worst_rel_l2_error"])
+    dense = budget["dense"]
+    assert 0 < len(dense) < 6
+    ranked = sorted(budget["sensitivity"], key=budget["sensitivity"].get, reverse=True)
+    assert dense == ranked[: len(dense)]  # the most sensitive, in order
+    statuses = {t["name"]: t for t in document["tensors"]}
+    for name in dense:
+        assert statuses[name]["status"] == "skipped"
+        assert "left dense by --auto-exclude" in statuses[name]["reason"]
+    assert check_main([str(out), "-q"]) == 0  # deliberate: check accepts them
+    # One layer fewer left dense breaks the bound: the set is minimal along the sensitivity order.
+    fewer = tmp_path / "fewer.json"
+    excludes = [a for name in dense[:-1] for a in ("--exclude", f"^{name}$")]
+    base = [str(models_dir / "transformer.onnx"), str(tmp_path / "f.onnx"), "-q", "--method", "wanda"]
+    base += ["--calibration", str(calibration), "--inputs", str(held_out), "--report", str(fewer)]
+    assert optimize_main([*base, *excludes]) == 0
+    assert json.loads(fewer.read_text())["validation"]["worst_rel_l2_error"] > 0.2
+
+
+def test_auto_exclude_needs_a_bound(models_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sparse24_onnx.optimize", str(models_dir / "mlp.onnx"), str(tmp_path / "o.onnx"),
+         "--auto-exclude"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--auto-exclude needs --max-rel-error" in result.stderr

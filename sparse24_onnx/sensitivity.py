@@ -1,0 +1,117 @@
+"""The accuracy budget: which layers to leave dense so that the output stays within a bound.
+
+Each candidate weight is pruned on its own (the others dense) and the model's
+relative output error on the validation feeds measured: its *sensitivity*.
+Then the most sensitive layers are left dense, as few as possible, until the
+model with all the other layers pruned is within the bound (a binary search
+over how many to leave dense, assuming more dense layers never hurt).
+
+Each evaluation writes the model to a temporary file and loads it into
+onnxruntime once; the model object is left as it was.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from .model_writer import write_embedded
+from .validate import compare_runs, open_session, run_feeds
+from .weights import WeightRecord
+
+__all__ = ["Budget", "fit_budget"]
+
+
+@dataclass
+class Budget:
+    """What the search found.
+
+    Attributes:
+        sensitivity: Per weight, the output error with only that weight pruned.
+        dense: Weights left dense, most sensitive first.
+        error: Output error with every other weight pruned.
+        evaluations: onnxruntime sessions created.
+    """
+
+    sensitivity: dict[str, float]
+    dense: list[str]
+    error: float
+    evaluations: int
+
+
+def _worst(comparisons) -> float:
+    values = [c.rel_l2_error for c in comparisons]
+    return float("inf") if any(not np.isfinite(v) for v in values) else max(values, default=0.0)
+
+
+def fit_budget(
+    model: ir.Model,
+    records: list[WeightRecord],
+    pruned: dict[str, np.ndarray],
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    output_names: list[str],
+    bound: float,
+    progress: Callable[[str], None] | None = None,
+) -> Budget:
+    """Choose the fewest most-sensitive weights to leave dense for an output error within ``bound``.
+
+    Args:
+        model: The model (its weights still dense).
+        records: The weights that would be pruned.
+        pruned: Each weight's pruned array, by name.
+        feeds: Validation feeds; ``reference`` the dense model's outputs on them.
+        output_names: The model's outputs, in order.
+        bound: The largest relative L2 error allowed on any output.
+        progress: Optional callback for progress lines.
+    """
+    evaluations = 0
+
+    def error_with(names: set[str]) -> float:
+        nonlocal evaluations
+        swapped = []
+        try:
+            for record in records:
+                if record.name in names:
+                    tensor = record.source.tensor
+                    swapped.append((record, tensor))
+                    record.source.replace(ir.Tensor(pruned[record.name], dtype=tensor.dtype, name=tensor.name))
+            with tempfile.TemporaryDirectory(prefix="sparse24-budget-") as folder:
+                path = Path(folder) / "model.onnx"
+                write_embedded(model, path)
+                session = open_session(path, role="output")
+                outputs = run_feeds(session, feeds)
+                del session
+        finally:
+            for record, tensor in swapped:
+                record.source.replace(tensor)
+        evaluations += 1
+        return _worst(compare_runs(output_names, reference, outputs))
+
+    sensitivity = {}
+    for i, record in enumerate(records):
+        if progress:
+            progress(f"sensitivity {i + 1}/{len(records)}: {record.name}")
+        sensitivity[record.name] = error_with({record.name})
+    order = sorted(sensitivity, key=lambda n: sensitivity[n], reverse=True)
+    everything = set(order)
+    errors = {0: error_with(everything)}
+    if errors[0] <= bound:
+        return Budget(sensitivity, [], errors[0], evaluations)
+    low, high = 0, len(order)  # low: known above the bound; high: all dense, error 0
+    errors[high] = 0.0
+    while high - low > 1:
+        middle = (low + high) // 2
+        errors[middle] = error_with(everything - set(order[:middle]))
+        if progress:
+            progress(f"budget: {middle} layers dense -> error {errors[middle]:.4g}")
+        if errors[middle] <= bound:
+            high = middle
+        else:
+            low = middle
+    return Budget(sensitivity, order[:high], errors[high], evaluations)
