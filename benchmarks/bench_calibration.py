@@ -62,10 +62,11 @@ def main() -> None:
         held_out = write_feeds(folder / "held_out", sentences[32:], char2id)
         reference = tags(model, held_out)
         print(f"khmersm: {len(sentences[:32])} calibration sentences, {len(held_out)} held-out sentences")
-        print(f"{'method':<10} {'held-out rel L2':>15} {'tags unchanged':>14} {'time s':>7}")
-        for method in ("magnitude", "wanda", "sparsegpt"):
+        print(f"{'method':<22} {'held-out rel L2':>15} {'tags unchanged':>14} {'time s':>7}")
+        for label in ("magnitude", "wanda", "sparsegpt", "wanda --sequential", "sparsegpt --sequential"):
+            method, *flags = label.split()
             out, report = folder / f"{method}.onnx", folder / f"{method}.json"
-            extra = [] if method == "magnitude" else ["--calibration", str(folder / "calibration")]
+            extra = [] if method == "magnitude" else ["--calibration", str(folder / "calibration"), *flags]
             start = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "sparse24_onnx.optimize", str(model), str(out), "-q", "--method", method,
@@ -77,7 +78,7 @@ def main() -> None:
             pruned = tags(out, held_out)
             same = sum(int((a == b).sum()) for a, b in zip(reference, pruned, strict=True))
             total = sum(a.size for a in reference)
-            print(f"{method:<10} {error:>15.4f} {same / total:>14.1%} {seconds:>7.1f}")
+            print(f"{label:<22} {error:>15.4f} {same / total:>14.1%} {seconds:>7.1f}")
 
 
 if __name__ == "__main__":

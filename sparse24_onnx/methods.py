@@ -24,6 +24,7 @@ __all__ = [
     "MagnitudeMethod",
     "Precomputed",
     "PruneMethod",
+    "SequentialMethod",
     "SparseGPTMethod",
     "WandaMethod",
     "load_gradients",
@@ -200,3 +201,33 @@ class Precomputed:
         if record.name not in self.results:
             return self.inner.prune(record, weights, out)
         return self.results[record.name]
+
+
+class SequentialMethod:
+    """Wanda or SparseGPT, each layer calibrated on the model as already pruned before it.
+
+    SparseGPT's recipe: layers are pruned in graph order, and each one's input
+    statistics are captured from the model in which every earlier layer is
+    already pruned, so later layers compensate for the error of earlier ones.
+    Costs one onnxruntime session per layer.
+    """
+
+    blockwise = False
+    sequential = True
+
+    def __init__(self, name: str, model, feeds: list[dict[str, np.ndarray]], damp: float = 0.01) -> None:
+        self.name = name
+        self.values_kept = name == "wanda"
+        self.model = model
+        self.feeds = feeds
+        self.damp = damp
+
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        from .calibration import collect_stats
+
+        stats = collect_stats(self.model, [record], self.feeds, hessian=self.name == "sparsegpt")
+        inner = WandaMethod(stats) if self.name == "wanda" else SparseGPTMethod(stats, damp=self.damp)
+        pruned = inner.prune(record, weights, out)
+        if record.calibration is not None:
+            record.calibration["sequential"] = True
+        return pruned

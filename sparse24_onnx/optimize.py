@@ -22,6 +22,7 @@ from .methods import (
     MagnitudeMethod,
     Precomputed,
     PruneMethod,
+    SequentialMethod,
     SparseGPTMethod,
     WandaMethod,
     load_gradients,
@@ -64,6 +65,12 @@ def build_parser() -> ArgumentParser:
         "--calibration",
         metavar="PATH",
         help="calibration inputs for wanda/sparsegpt: a .npz keyed by graph input name, or a folder of them",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="wanda/sparsegpt: prune layers in graph order, each calibrated on the model with the earlier "
+        "ones already pruned (slower, usually better)",
     )
     parser.add_argument(
         "--damp",
@@ -197,6 +204,8 @@ def _method(args, stats=None) -> PruneMethod:
 
 
 def _check_options(args) -> None:
+    if args.sequential and args.method not in ("wanda", "sparsegpt"):
+        raise BadInput("--sequential is used with --method wanda or sparsegpt")
     if args.method in ("wanda", "sparsegpt") and not args.calibration:
         raise BadInput(f"--method {args.method} needs --calibration PATH (.npz keyed by input name, or a folder)")
     if not 0 <= args.damp < 1:
@@ -267,7 +276,9 @@ def _run(args) -> int:
         if args.permute:
             analysis.append(PermuteChannels(seconds=args.permute_seconds))
         Pipeline(*analysis)(model)
-        if calibration is not None:
+        if calibration is not None and args.sequential:
+            method = SequentialMethod(args.method, model, calibration, damp=args.damp)
+        elif calibration is not None:
             progress.say(f"capturing layer inputs on {len(calibration)} calibration feeds")
             candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
             stats = collect_stats(model, candidates, calibration, hessian=True)

@@ -226,3 +226,31 @@ def test_auto_exclude_needs_a_bound(models_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "--auto-exclude needs --max-rel-error" in result.stderr
+
+
+def test_sequential_calibrates_each_layer_on_the_already_pruned_model(models_dir, tmp_path):
+    from .helpers import all_tensors
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "cal").mkdir()
+    xs = [rng.standard_normal((3, 64)).astype(np.float32) for _ in range(4)]
+    for i, x in enumerate(xs):
+        np.savez(tmp_path / "cal" / f"{i}.npz", x=x)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = [str(models_dir / "mlp.onnx"), str(out), "-q", "--no-validate", "--method", "wanda", "--sequential"]
+    assert optimize_main([*args, "--calibration", str(tmp_path / "cal"), "--report", str(report)]) == 0
+    entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    assert all(entries[f"fc{i}.weight"]["calibration"]["sequential"] for i in range(3))
+    original, pruned = all_tensors(models_dir / "mlp.onnx"), all_tensors(out)
+    # fc1 was calibrated on Relu(x @ pruned fc0 + b0), not on the dense model's activations.
+    x = np.concatenate(xs).astype(np.float64)
+    hidden = np.maximum(x @ pruned["fc0.weight"].astype(np.float64) + original["fc0.bias"], 0)
+    expected = prune_24_dense(
+        original["fc1.weight"], 0, wanda_importance(original["fc1.weight"], (hidden**2).sum(0), 0)
+    )
+    np.testing.assert_array_equal(pruned["fc1.weight"], expected)
+    dense_hidden = np.maximum(x @ original["fc0.weight"] + original["fc0.bias"], 0)
+    one_shot = prune_24_dense(
+        original["fc1.weight"], 0, wanda_importance(original["fc1.weight"], (dense_hidden**2).sum(0), 0)
+    )
+    assert not np.array_equal(expected, one_shot)  # the two recipes differ here, so the test tells them apart

@@ -72,6 +72,8 @@ class PruneWeights(InPlacePass):
 
     def call(self, model: ir.Model) -> PassResult:
         todo = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+        if getattr(self.method, "sequential", False):
+            todo = _in_graph_order(model, todo)
         for done, record in enumerate(todo):
             if self.progress is not None:
                 self.progress(done, len(todo), record)
@@ -149,6 +151,13 @@ class PruneWeights(InPlacePass):
 
 
 NOT_FINITE = "contains NaN or Inf"
+
+
+def _in_graph_order(model: ir.Model, records: list[WeightRecord]) -> list[WeightRecord]:
+    """Records sorted by the position of their first consumer in the main graph (others last)."""
+    position = {node.name: i for i, node in enumerate(model.graph) if node.name}
+    last = len(position)
+    return sorted(records, key=lambda r: min((position.get(u.node, last) for u in r.uses), default=last))
 
 
 def _streamable(tensor: ir.TensorProtocol) -> bool:
