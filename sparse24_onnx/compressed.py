@@ -42,7 +42,6 @@ The model's ``metadata_props["sparse24"]`` JSON says ``"format": "compressed"``,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .core import Sparse24Tensor, decompress, prune_24
+from .metadata import read_provenance
 from .weights import InitializerSource, WeightRecord
 
 __all__ = [
@@ -361,14 +361,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def compressed_entries(model: ir.Model) -> dict[str, dict]:
     """The per-weight entries of a compressed model's ``sparse24`` metadata (empty if not compressed)."""
-    text = model.metadata_props.get("sparse24")
-    if not text:
-        return {}
-    try:
-        entry = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(entry, dict) or entry.get("format") != "compressed":
+    entry = read_provenance(model)
+    if entry.get("format") != "compressed":
         return {}
     tensors = entry.get("tensors")
     return tensors if isinstance(tensors, dict) else {}

@@ -9,13 +9,11 @@ import onnx_ir as ir
 
 from .. import __version__
 from ..compressed import FORMAT_VERSION
+from ..metadata import PROVENANCE_KEY, read_provenance
 from ..weights import Status, weight_records
 from .base import InPlacePass, PassResult
 
 __all__ = ["PROVENANCE_KEY", "RecordProvenance", "read_provenance"]
-
-#: Key of the provenance entry in the model's ``metadata_props``.
-PROVENANCE_KEY = "sparse24"
 
 
 class RecordProvenance(InPlacePass):
@@ -63,15 +61,3 @@ def _tensor_entry(record) -> dict[str, Any]:
         entry["storage"] = "dense"
         entry["reason"] = record.storage_note
     return entry
-
-
-def read_provenance(model: ir.Model) -> dict[str, Any]:
-    """The ``sparse24`` entry of a model's metadata_props, or ``{}`` when absent or unreadable."""
-    text = model.metadata_props.get(PROVENANCE_KEY)
-    if not text:
-        return {}
-    try:
-        entry = json.loads(text)
-    except ValueError:
-        return {}
-    return entry if isinstance(entry, dict) else {}
