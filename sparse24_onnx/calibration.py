@@ -40,31 +40,89 @@ class LayerStats:
         rows: Number of input rows (tokens, pixels ...) seen.
         sq_norm: ``(K,)`` sum of the squares of each input feature.
         hessian: ``(K, K)`` ``X^T X``, or None when not collected (K too large).
+            For a 2-D Conv it is over the im2col patches, ``K = kh * kw * C`` with
+            the channels fastest (``im2col`` is then True), while ``sq_norm`` stays
+            per input channel.
     """
 
     rows: int
     sq_norm: np.ndarray
     hessian: np.ndarray | None
+    im2col: bool = False
 
 
 def _uses(record: WeightRecord) -> list[tuple[ir.Node, int]]:
     return [] if record.source is None else list(record.source.value.uses())
 
 
-def _data_value(node: ir.Node, index: int) -> tuple[ir.Value, str] | None:
+def _data_value(node: ir.Node, index: int) -> tuple[ir.Value, str | ConvPatches] | None:
     """The activation feeding the layer that reads a weight at ``index``, and how to read its rows."""
     if node.op_type == "MatMul":
         return (node.inputs[0], "last") if index == 1 else (node.inputs[1], "second_last")
     if node.op_type == "Gemm" and index == 1:
         return node.inputs[0], ("first" if node.attributes.get_int("transA", 0) else "last")
     if node.op_type == "Conv" and index == 1:
-        return node.inputs[0], "channels"
+        return node.inputs[0], ConvPatches.of(node)
     return None
 
 
-def input_rows(array: np.ndarray, layout: str) -> np.ndarray:
-    """An activation as ``(n, K)`` rows of features (see the module docstring)."""
+@dataclass(frozen=True)
+class ConvPatches:
+    """How a 2-D, ungrouped Conv reads its input: the im2col view SparseGPT needs.
+
+    ``kernel`` is ``None`` for convolutions this view does not cover (other
+    ranks, groups, ``auto_pad``); they get the per-channel statistics only.
+    """
+
+    kernel: tuple[int, int] | None
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    @classmethod
+    def of(cls, node: ir.Node) -> ConvPatches:
+        weight = node.inputs[1]
+        shape = weight.const_value.shape if weight is not None and weight.const_value is not None else None
+        if shape is None and weight is not None and weight.producer() is not None:
+            attribute = weight.producer().attributes.get("value")
+            shape = attribute.value.shape if attribute is not None else None
+        auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+        if shape is None or len(shape) != 4 or node.attributes.get_int("group", 1) != 1 or auto_pad != "NOTSET":
+            return cls(None)
+        return cls(
+            (int(shape[2]), int(shape[3])),
+            tuple(node.attributes.get_ints("strides", [1, 1])),
+            tuple(node.attributes.get_ints("pads", [0, 0, 0, 0])),
+            tuple(node.attributes.get_ints("dilations", [1, 1])),
+        )
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """``(N * H_out * W_out, kh * kw * C)`` patches, features in (i, j, c) order: channels fastest.
+
+        With that order, 4 consecutive features are 4 consecutive input channels
+        at one kernel position: the groups of 4 TensorRT prunes a Conv weight in.
+        """
+        kh, kw = self.kernel
+        x = np.pad(x, ((0, 0), (0, 0), (self.pads[0], self.pads[2]), (self.pads[1], self.pads[3])))
+        n, c, h, w = x.shape
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        h_out = (h - dh * (kh - 1) - 1) // sh + 1
+        w_out = (w - dw * (kw - 1) - 1) // sw + 1
+        patches = np.empty((n, h_out, w_out, kh, kw, c))
+        for i in range(kh):  # one strided slice per kernel position, whole arrays each
+            for j in range(kw):
+                window = x[
+                    :, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh, j * dw : j * dw + sw * (w_out - 1) + 1 : sw
+                ]
+                patches[:, :, :, i, j, :] = window.transpose(0, 2, 3, 1)
+        return patches.reshape(n * h_out * w_out, kh * kw * c)
+
+
+def input_rows(array: np.ndarray, layout: str | ConvPatches) -> np.ndarray:
+    """An activation as ``(n, K)`` rows of features (see the module docstring); per channel for a Conv."""
     array = np.asarray(array, dtype=np.float64)
+    if isinstance(layout, ConvPatches):
+        layout = "channels"
     if layout == "last":
         return array.reshape(-1, array.shape[-1])
     if layout == "second_last":
@@ -124,7 +182,10 @@ def collect_stats(
                 for weight, pairs in inputs.items():
                     for value, layout in pairs:
                         rows = input_rows(run[value.name], layout)
-                        _accumulate(stats, weight, rows, hessian)
+                        patches = None
+                        if hessian and isinstance(layout, ConvPatches) and layout.kernel is not None:
+                            patches = layout.rows(np.asarray(run[value.name], dtype=np.float64))
+                        _accumulate(stats, weight, rows, hessian, patches)
                 del run
             del session
     finally:
@@ -133,13 +194,17 @@ def collect_stats(
     return stats
 
 
-def _accumulate(stats: dict[str, LayerStats], weight: str, rows: np.ndarray, hessian: bool) -> None:
+def _accumulate(
+    stats: dict[str, LayerStats], weight: str, rows: np.ndarray, hessian: bool, patches: np.ndarray | None = None
+) -> None:
     k = rows.shape[1]
+    features = patches if patches is not None else rows
     current = stats.get(weight)
     if current is None:
-        want = hessian and k <= MAX_HESSIAN_K
-        current = stats[weight] = LayerStats(0, np.zeros(k), np.zeros((k, k)) if want else None)
+        want = hessian and features.shape[1] <= MAX_HESSIAN_K
+        h = np.zeros((features.shape[1],) * 2) if want else None
+        current = stats[weight] = LayerStats(0, np.zeros(k), h, im2col=patches is not None)
     current.rows += rows.shape[0]
     current.sq_norm += np.einsum("nk,nk->k", rows, rows)
     if current.hessian is not None:
-        current.hessian += rows.T @ rows
+        current.hessian += features.T @ features

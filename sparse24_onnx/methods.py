@@ -170,11 +170,18 @@ class SparseGPTMethod(_Calibrated):
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         stats = self.stats.get(record.name)
+        if stats is not None and stats.im2col and stats.hessian is not None and weights.ndim == 4:
+            return self._prune_conv(record, weights, stats)
         if stats is None or stats.hessian is None or weights.ndim != 2:
             pruned = self.wanda.prune(record, weights, out)
             if isinstance(pruned, str) or stats is None:
                 return pruned
-            reason = "Conv or batched weight" if weights.ndim != 2 else f"K = {weights.shape[record.axis]} too large"
+            if weights.ndim == 4:
+                reason = "grouped, strided by auto_pad, or too large a Conv"
+            elif weights.ndim != 2:
+                reason = "Conv other than 2-D, or batched weight"
+            else:
+                reason = f"K = {weights.shape[record.axis]} too large"
             record.calibration["method"] = f"wanda (SparseGPT: {reason})"
             return pruned
         if not np.isfinite(weights).all():
@@ -183,6 +190,19 @@ class SparseGPTMethod(_Calibrated):
         pruned = np.ascontiguousarray(_from_rows(rows, weights, record.axis)).astype(weights.dtype)
         # Casting to a narrower dtype can only add zeros; the pruned ones are exact zeros already.
         self._note(record, weights, pruned, "sparsegpt")
+        return pruned
+
+    def _prune_conv(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> np.ndarray | str:
+        """SparseGPT on the im2col view: 4 consecutive columns are 4 input channels at one kernel position."""
+        if not np.isfinite(weights).all():
+            return "contains NaN or Inf"
+        rows = sparsegpt_24(_conv_rows(weights), stats.hessian, damp=self.damp)
+        pruned = np.ascontiguousarray(_conv_from_rows(rows, weights.shape)).astype(weights.dtype)
+        record.calibration = {
+            "method": "sparsegpt (im2col)",
+            "samples": stats.rows,
+            "layer_output_error": layer_output_error(_conv_rows(weights), _conv_rows(pruned), stats.hessian),
+        }
         return pruned
 
 
@@ -201,6 +221,16 @@ class Precomputed:
         if record.name not in self.results:
             return self.inner.prune(record, weights, out)
         return self.results[record.name]
+
+
+def _conv_rows(weights: np.ndarray) -> np.ndarray:
+    """A Conv weight ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest (the im2col order)."""
+    return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
+
+
+def _conv_from_rows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    m, c, kh, kw = shape
+    return rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
 
 
 class SequentialMethod:
