@@ -63,7 +63,15 @@ def main() -> None:
         reference = tags(model, held_out)
         print(f"khmersm: {len(sentences[:32])} calibration sentences, {len(held_out)} held-out sentences")
         print(f"{'method':<22} {'held-out rel L2':>15} {'tags unchanged':>14} {'time s':>7}")
-        for label in ("magnitude", "wanda", "sparsegpt", "wanda --sequential", "sparsegpt --sequential"):
+        for label in (
+            "magnitude",
+            "wanda",
+            "sparsegpt",
+            "wanda --sequential",
+            "sparsegpt --sequential",
+            "wanda --refit",
+            "sparsegpt --refit",
+        ):
             method, *flags = label.split()
             out, report = folder / f"{method}.onnx", folder / f"{method}.json"
             extra = [] if method == "magnitude" else ["--calibration", str(folder / "calibration"), *flags]

@@ -15,7 +15,7 @@ import numpy as np
 
 from .calibration import LayerStats
 from .core import gradient_importance, prune_24_dense
-from .core.sparsegpt import layer_output_error, sparsegpt_24, wanda_importance
+from .core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
 from .errors import BadInput
 from .weights import WeightRecord
 
@@ -100,36 +100,94 @@ def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
         raise BadInput(f"{path}: not a readable .npz file ({error})") from None
 
 
-def _rows_view(weights: np.ndarray, axis: int) -> np.ndarray:
-    """A weight as (rows, K): K its reduction axis, one row per output feature."""
-    moved = np.moveaxis(weights, axis, -1)
-    return moved.reshape(-1, moved.shape[-1])
+class _MatrixView:
+    """A weight as the ``(rows, K)`` matrix its layer's Hessian ``X^T X`` is ``(K, K)`` for.
+
+    MatMul/Gemm weights: K is the reduction axis.  2-D Conv weights with im2col
+    statistics: ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest, so
+    that 4 consecutive columns are 4 input channels at one kernel position.
+    """
+
+    def __init__(self, weights: np.ndarray, axis: int, im2col: bool) -> None:
+        self.shape = weights.shape
+        self.axis = axis
+        self.im2col = im2col
+
+    @classmethod
+    def of(cls, weights: np.ndarray, axis: int, stats: LayerStats | None) -> _MatrixView | None:
+        """The view that matches ``stats.hessian``, or None when there is none."""
+        if stats is None or stats.hessian is None:
+            return None
+        if stats.im2col and weights.ndim == 4:
+            return cls(weights, axis, True)
+        if weights.ndim == 2 and stats.hessian.shape[0] == weights.shape[axis]:
+            return cls(weights, axis, False)
+        return None
+
+    def rows(self, weights: np.ndarray) -> np.ndarray:
+        if self.im2col:
+            return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
+        return np.moveaxis(weights, self.axis, -1).reshape(-1, weights.shape[self.axis])
+
+    def tensor(self, rows: np.ndarray, dtype) -> np.ndarray:
+        if self.im2col:
+            m, c, kh, kw = self.shape
+            array = rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
+        else:
+            moved = list(self.shape)
+            moved.append(moved.pop(self.axis))
+            array = np.moveaxis(rows.reshape(moved), -1, self.axis)
+        # Casting to a narrower dtype can only add zeros; pruned entries are exact zeros already.
+        return np.ascontiguousarray(array).astype(dtype)
 
 
-def _from_rows(rows: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
-    moved_shape = np.moveaxis(np.empty(like.shape, dtype=np.bool_), axis, -1).shape
-    return np.moveaxis(rows.reshape(moved_shape), -1, axis)
+#: Largest K for which ``--refit`` solves each row's least-squares problem.
+REFIT_MAX_K = 2048
 
 
 class _Calibrated:
-    """Shared by the calibration-aware methods: statistics per weight, notes for the report."""
+    """Shared by the calibration-aware methods: statistics per weight, the refit, notes for the report.
+
+    Args:
+        stats: Per weight, its layer's input statistics.
+        refit: After the mask is chosen, refit each row's kept weights by least
+            squares on the calibration data (``core.sparsegpt.refit_kept``) where
+            the Hessian is there and K <= ``REFIT_MAX_K``.
+        damp: Hessian dampening (fraction of its mean diagonal).
+    """
 
     blockwise = False
 
-    def __init__(self, stats: dict[str, LayerStats]) -> None:
+    def __init__(self, stats: dict[str, LayerStats], *, refit: bool = False, damp: float = 0.01) -> None:
         self.stats = stats
+        self.refit = refit
+        self.damp = damp
+        self.values_kept = self.values_kept and not refit
 
-    def _note(self, record: WeightRecord, weights: np.ndarray, pruned: np.ndarray, used: str) -> None:
+    def _finish(self, record: WeightRecord, weights: np.ndarray, pruned: np.ndarray, used: str) -> np.ndarray:
+        """Apply the refit if asked, and note method, samples and layer output error on the record."""
         stats = self.stats.get(record.name)
-        record.calibration = {"method": used, "samples": stats.rows if stats else 0, "layer_output_error": None}
-        if stats is not None and stats.hessian is not None and weights.ndim >= 2:
-            record.calibration["layer_output_error"] = layer_output_error(
-                _rows_view(weights, record.axis), _rows_view(pruned, record.axis), stats.hessian
-            )
+        view = _MatrixView.of(weights, record.axis, stats)
+        note = {"method": used, "samples": stats.rows if stats else 0, "layer_output_error": None}
+        if view is not None:
+            w_rows = view.rows(weights)
+            p_rows = view.rows(pruned)
+            if self.refit:
+                if w_rows.shape[1] <= REFIT_MAX_K:
+                    p_rows = refit_kept(w_rows, p_rows, stats.hessian, damp=self.damp)
+                    pruned = view.tensor(p_rows, weights.dtype)
+                    note["refit"] = True
+                else:
+                    note["refit"] = f"skipped: K = {w_rows.shape[1]} > {REFIT_MAX_K}"
+            note["layer_output_error"] = layer_output_error(w_rows, p_rows, stats.hessian)
+        elif self.refit:
+            note["refit"] = "skipped: no Hessian for this layer"
+        record.calibration = note
+        return pruned
 
 
 class WandaMethod(_Calibrated):
-    """Keep the 2 of every 4 with the largest ``|w| * ||X_j||`` (Wanda); kept values unchanged.
+    """Keep the 2 of every 4 with the largest ``|w| * ||X_j||`` (Wanda); kept values unchanged (unless refit).
 
     Weights whose layer input was not captured (inside a subgraph or function)
     fall back to magnitude, which the report says.
@@ -142,68 +200,42 @@ class WandaMethod(_Calibrated):
         stats = self.stats.get(record.name)
         if stats is None:
             pruned = prune_24_dense(weights, record.axis, out=out)
-            self._note(record, weights, pruned, "magnitude (no calibration activations reach this layer)")
-            return pruned
+            return self._finish(record, weights, pruned, "magnitude (no calibration activations reach this layer)")
         if not np.isfinite(weights).all():
             return "contains NaN or Inf"
         importance = wanda_importance(weights, stats.sq_norm, record.axis)
         pruned = prune_24_dense(weights, record.axis, importance, out=out)
-        self._note(record, weights, pruned, "wanda")
-        return pruned
+        return self._finish(record, weights, pruned, "wanda")
 
 
 class SparseGPTMethod(_Calibrated):
     """SparseGPT: 2:4 masks chosen and kept weights updated from ``H = X^T X``.
 
-    Needs the Hessian (K up to 8192); 2-D weights only.  Other weights (Conv, or
-    no Hessian) are pruned with Wanda; those with no captured input with
-    magnitude; the report says which.
+    MatMul/Gemm weights, and 2-D ungrouped Conv weights through the im2col view.
+    Weights without a Hessian (grouped or 1-D/3-D Conv, K over 8192) are pruned
+    with Wanda; those with no captured input with magnitude; the report says which.
     """
 
     name = "sparsegpt"
     values_kept = False
 
-    def __init__(self, stats: dict[str, LayerStats], damp: float = 0.01) -> None:
-        super().__init__(stats)
-        self.damp = damp
-        self.wanda = WandaMethod(stats)
+    def __init__(self, stats: dict[str, LayerStats], damp: float = 0.01, *, refit: bool = False) -> None:
+        super().__init__(stats, refit=refit, damp=damp)
+        self.wanda = WandaMethod(stats, refit=refit, damp=damp)
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         stats = self.stats.get(record.name)
-        if stats is not None and stats.im2col and stats.hessian is not None and weights.ndim == 4:
-            return self._prune_conv(record, weights, stats)
-        if stats is None or stats.hessian is None or weights.ndim != 2:
+        view = _MatrixView.of(weights, record.axis, stats)
+        if view is None:
             pruned = self.wanda.prune(record, weights, out)
-            if isinstance(pruned, str) or stats is None:
-                return pruned
-            if weights.ndim == 4:
-                reason = "grouped, strided by auto_pad, or too large a Conv"
-            elif weights.ndim != 2:
-                reason = "Conv other than 2-D, or batched weight"
-            else:
-                reason = f"K = {weights.shape[record.axis]} too large"
-            record.calibration["method"] = f"wanda (SparseGPT: {reason})"
+            if not isinstance(pruned, str) and stats is not None:
+                record.calibration["method"] = "wanda (no Hessian for SparseGPT on this layer)"
             return pruned
         if not np.isfinite(weights).all():
             return "contains NaN or Inf"
-        rows = sparsegpt_24(_rows_view(weights, record.axis), stats.hessian, damp=self.damp)
-        pruned = np.ascontiguousarray(_from_rows(rows, weights, record.axis)).astype(weights.dtype)
-        # Casting to a narrower dtype can only add zeros; the pruned ones are exact zeros already.
-        self._note(record, weights, pruned, "sparsegpt")
-        return pruned
-
-    def _prune_conv(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> np.ndarray | str:
-        """SparseGPT on the im2col view: 4 consecutive columns are 4 input channels at one kernel position."""
-        if not np.isfinite(weights).all():
-            return "contains NaN or Inf"
-        rows = sparsegpt_24(_conv_rows(weights), stats.hessian, damp=self.damp)
-        pruned = np.ascontiguousarray(_conv_from_rows(rows, weights.shape)).astype(weights.dtype)
-        record.calibration = {
-            "method": "sparsegpt (im2col)",
-            "samples": stats.rows,
-            "layer_output_error": layer_output_error(_conv_rows(weights), _conv_rows(pruned), stats.hessian),
-        }
-        return pruned
+        rows = sparsegpt_24(view.rows(weights), stats.hessian, damp=self.damp)
+        used = "sparsegpt (im2col)" if view.im2col else "sparsegpt"
+        return self._finish(record, weights, view.tensor(rows, weights.dtype), used)
 
 
 class Precomputed:
@@ -223,16 +255,6 @@ class Precomputed:
         return self.results[record.name]
 
 
-def _conv_rows(weights: np.ndarray) -> np.ndarray:
-    """A Conv weight ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest (the im2col order)."""
-    return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
-
-
-def _conv_from_rows(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    m, c, kh, kw = shape
-    return rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
-
-
 class SequentialMethod:
     """Wanda or SparseGPT, each layer calibrated on the model as already pruned before it.
 
@@ -245,18 +267,24 @@ class SequentialMethod:
     blockwise = False
     sequential = True
 
-    def __init__(self, name: str, model, feeds: list[dict[str, np.ndarray]], damp: float = 0.01) -> None:
+    def __init__(
+        self, name: str, model, feeds: list[dict[str, np.ndarray]], damp: float = 0.01, *, refit: bool = False
+    ) -> None:
         self.name = name
-        self.values_kept = name == "wanda"
+        self.values_kept = name == "wanda" and not refit
         self.model = model
         self.feeds = feeds
         self.damp = damp
+        self.refit = refit
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         from .calibration import collect_stats
 
-        stats = collect_stats(self.model, [record], self.feeds, hessian=self.name == "sparsegpt")
-        inner = WandaMethod(stats) if self.name == "wanda" else SparseGPTMethod(stats, damp=self.damp)
+        stats = collect_stats(self.model, [record], self.feeds, hessian=self.name == "sparsegpt" or self.refit)
+        if self.name == "wanda":
+            inner = WandaMethod(stats, refit=self.refit, damp=self.damp)
+        else:
+            inner = SparseGPTMethod(stats, damp=self.damp, refit=self.refit)
         pruned = inner.prune(record, weights, out)
         if record.calibration is not None:
             record.calibration["sequential"] = True

@@ -73,6 +73,12 @@ def build_parser() -> ArgumentParser:
         "ones already pruned (slower, usually better)",
     )
     parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="wanda/sparsegpt: once the mask is chosen, refit each row's kept weights by least squares on the "
+        "calibration data (layers with K up to 2048)",
+    )
+    parser.add_argument(
         "--damp",
         type=float,
         default=0.01,
@@ -190,8 +196,8 @@ class _Progress:
 def _method(args, stats=None) -> PruneMethod:
     if args.method in ("wanda", "sparsegpt"):
         if args.method == "wanda":
-            return WandaMethod(stats or {})
-        return SparseGPTMethod(stats or {}, damp=args.damp)
+            return WandaMethod(stats or {}, refit=args.refit, damp=args.damp)
+        return SparseGPTMethod(stats or {}, damp=args.damp, refit=args.refit)
     if args.calibration:
         raise BadInput("--calibration is used with --method wanda or sparsegpt")
     if args.method == "gradient":
@@ -204,8 +210,8 @@ def _method(args, stats=None) -> PruneMethod:
 
 
 def _check_options(args) -> None:
-    if args.sequential and args.method not in ("wanda", "sparsegpt"):
-        raise BadInput("--sequential is used with --method wanda or sparsegpt")
+    if (args.sequential or args.refit) and args.method not in ("wanda", "sparsegpt"):
+        raise BadInput("--sequential and --refit are used with --method wanda or sparsegpt")
     if args.method in ("wanda", "sparsegpt") and not args.calibration:
         raise BadInput(f"--method {args.method} needs --calibration PATH (.npz keyed by input name, or a folder)")
     if not 0 <= args.damp < 1:
@@ -277,7 +283,7 @@ def _run(args) -> int:
             analysis.append(PermuteChannels(seconds=args.permute_seconds))
         Pipeline(*analysis)(model)
         if calibration is not None and args.sequential:
-            method = SequentialMethod(args.method, model, calibration, damp=args.damp)
+            method = SequentialMethod(args.method, model, calibration, damp=args.damp, refit=args.refit)
         elif calibration is not None:
             progress.say(f"capturing layer inputs on {len(calibration)} calibration feeds")
             candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]

@@ -260,7 +260,10 @@ def test_sparsegpt_on_convolutions_uses_the_im2col_view(models_dir):
     from onnx import TensorProto, helper, numpy_helper
 
     from sparse24_onnx.calibration import ConvPatches
-    from sparse24_onnx.methods import SparseGPTMethod, _conv_rows
+    from sparse24_onnx.methods import SparseGPTMethod, _MatrixView
+
+    def _conv_rows(weights):  # [M, C, kh, kw] -> (M, kh * kw * C), channels fastest
+        return _MatrixView(weights, 1, im2col=True).rows(weights)
 
     # The im2col rows times the weight rows reproduce onnxruntime's Conv (padding, stride, dilation).
     rng = np.random.default_rng(0)
@@ -296,3 +299,36 @@ def test_sparsegpt_on_convolutions_uses_the_im2col_view(models_dir):
     magnitude = prune_24_dense(weights, 1)
     ours = layer_output_error(_conv_rows(weights), _conv_rows(pruned), h)
     assert ours < layer_output_error(_conv_rows(weights), _conv_rows(magnitude), h)
+
+
+def test_refit_solves_each_rows_least_squares_problem():
+    from sparse24_onnx.core.sparsegpt import refit_kept
+
+    rng = np.random.default_rng(3)
+    k = 32
+    x = rng.standard_normal((300, k)) @ rng.standard_normal((k, k))
+    w = rng.standard_normal((6, k))
+    h = x.T @ x
+    mask_source = prune_24_dense(w, 1)
+    refit = refit_kept(w, mask_source, h, damp=0.0)
+    assert ((refit != 0) == (mask_source != 0)).all()  # the mask is kept
+    for row in range(6):
+        kept = np.flatnonzero(mask_source[row])
+        direct = np.linalg.lstsq(x[:, kept], x @ w[row], rcond=None)[0]
+        np.testing.assert_allclose(refit[row, kept], direct, rtol=1e-6, atol=1e-8)
+    assert layer_output_error(w, refit, h) < layer_output_error(w, mask_source, h)
+
+
+def test_refit_from_the_command_line(models_dir, tmp_path):
+    calibration, held_out = _feeds(tmp_path / "cal", 8, 1), _feeds(tmp_path / "held", 4, 2)
+    errors = {}
+    for extra in ([], ["--refit"]):
+        report = tmp_path / f"r{len(extra)}.json"
+        args = [str(models_dir / "transformer.onnx"), str(tmp_path / f"o{len(extra)}.onnx"), "-q", "--method", "wanda"]
+        args += ["--calibration", str(calibration), "--inputs", str(held_out), "--report", str(report), *extra]
+        assert optimize_main(args) == 0
+        document = json.loads(report.read_text())
+        errors[bool(extra)] = document["validation"]["worst_rel_l2_error"]
+        layer = {t["name"]: t for t in document["tensors"]}["ffn.down.weight"]["calibration"]
+        assert layer.get("refit") is (True if extra else None)
+    assert errors[True] < errors[False]
