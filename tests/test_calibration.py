@@ -332,3 +332,23 @@ def test_refit_from_the_command_line(models_dir, tmp_path):
         layer = {t["name"]: t for t in document["tensors"]}["ffn.down.weight"]["calibration"]
         assert layer.get("refit") is (True if extra else None)
     assert errors[True] < errors[False]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_calibrated_methods_on_convolutions_and_gemm(models_dir, tmp_path, method):
+    rng = np.random.default_rng(0)
+    (tmp_path / "cal").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "cal" / f"{i}.npz", x=rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
+    report = tmp_path / "r.json"
+    args = [str(models_dir / "cnn_bn.onnx"), str(tmp_path / "o.onnx"), "-q", "--method", method, "--refit"]
+    assert optimize_main([*args, "--calibration", str(tmp_path / "cal"), "--report", str(report)]) == 0
+    entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
+    for name in ("c1.weight", "c2.weight", "g1.weight", "g2.weight"):  # Conv, Conv, Gemm transB=1, Gemm
+        assert entries[name]["status"] == "pruned"
+        calibration = entries[name]["calibration"]
+        assert calibration["refit"] is True
+        assert 0 <= calibration["layer_output_error"] < 1
+    if method == "sparsegpt":
+        assert entries["c2.weight"]["calibration"]["method"] == "sparsegpt (im2col)"
+        assert entries["g1.weight"]["calibration"]["method"] == "sparsegpt"
