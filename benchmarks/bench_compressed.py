@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import build_mlp
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from models.build_models import square_mlp
 
 
 def session_times(paths: list[Path], repeat: int) -> dict[Path, list[float]]:
@@ -57,18 +57,7 @@ def main() -> None:
         folder = Path(tmp).resolve()
         for dtype in ("float32", "float16"):
             source = folder / f"mlp_{dtype}.onnx"
-            build_mlp(source, 4, 2048, external=False)
-            if dtype == "float16":
-                model = onnx.load(str(source))
-                from onnx import numpy_helper
-
-                for tensor in model.graph.initializer:
-                    tensor.CopyFrom(
-                        numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
-                    )
-                for value in (*model.graph.input, *model.graph.output):
-                    value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-                onnx.save(model, source)
+            onnx.save(square_mlp(4, 2048, np.dtype(dtype)), source)
             dense, compressed = folder / f"dense_{dtype}.onnx", folder / f"compressed_{dtype}.onnx"
             for out, extra in ((dense, []), (compressed, ["--format", "compressed"])):
                 subprocess.run(

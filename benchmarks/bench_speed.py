@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from models.build_models import square_mlp  # noqa: E402
 
 
 def best_of(function, repeat: int) -> float:
@@ -95,24 +97,10 @@ def per_tensor_table() -> None:
 
 
 def build_mlp(path: Path, layers: int, side: int, external: bool) -> None:
+    """Save ``models.build_models.square_mlp`` (fp32), with its weights in a side file if ``external``."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    weights = np.random.default_rng(2).standard_normal((side, side), dtype=np.float32)
-    inits = [numpy_helper.from_array((weights * (1 + i / 10)).astype(np.float32), f"w{i}") for i in range(layers)]
-    nodes, x = [], "x"
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
-        x = f"h{i}"
-    nodes[-1].output[0] = "y"
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = square_mlp(layers, side)
     if external:
         onnx.save(model, path, save_as_external_data=True, location=path.name + ".data")
     else:

@@ -101,6 +101,30 @@ def mlp(dtype=np.float32, dims=(64, 128, 64, 32), seed: int = 0) -> onnx.ModelPr
     return model
 
 
+def square_mlp(layers: int, side: int, dtype=np.float32, seed: int = 2) -> onnx.ModelProto:
+    """``layers`` MatMuls of ``side x side`` weights, no bias or activation, on a ``[1, side]`` input.
+
+    The benchmarks' model (4 x 2048 x 2048 fp32 is the 64 MiB MLP that polygraphy is timed on);
+    every weight is prunable.  Layer ``i`` is the same random matrix scaled by ``1 + i / 10``.
+    """
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    weights = np.random.default_rng(seed).standard_normal((side, side), dtype=np.float32)
+    inits = [numpy_helper.from_array((weights * (1 + i / 10)).astype(dtype), f"w{i}") for i in range(layers)]
+    nodes, x = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", onnx_type, [1, side])],
+        [helper.make_tensor_value_info("y", onnx_type, [1, side])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def mlp_fp16() -> onnx.ModelProto:
     return mlp(dtype=np.float16, seed=1)
 

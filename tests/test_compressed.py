@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
+from models.build_models import square_mlp
 from sparse24_onnx.check import main as check_main
 from sparse24_onnx.compressed import read_sparse_weights
 from sparse24_onnx.core import decompress, prune_24_dense
@@ -90,22 +91,7 @@ def test_compressed_runs_bit_identical_and_expands_exactly(model, tmp_path):
 
 
 def _all_pruned_mlp(path, dtype, layers=4, side=512):
-    rng = np.random.default_rng(0)
-    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    inits, nodes, x = [], [], "x"
-    for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.standard_normal((side, side)).astype(dtype), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
-        x = f"h{i}"
-    nodes[-1].output[0] = "y"
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", onnx_type, [1, side])],
-        [helper.make_tensor_value_info("y", onnx_type, [1, side])],
-        inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(square_mlp(layers, side, dtype), path)
 
 
 @pytest.mark.parametrize(("dtype", "bound"), [(np.float32, 0.54), (np.float16, 0.57)])
