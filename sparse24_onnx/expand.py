@@ -26,12 +26,11 @@ from .compressed import NODE_PREFIX, compressed_entries, read_sparse_weights, re
 from .core import decompress
 from .errors import BadInput, ExitCode
 from .model_io import (
-    PROTOBUF_LIMIT_BYTES,
     StagedOutput,
     check_output_path,
     external_files,
-    initializer_bytes,
     load_model,
+    needs_external_data,
 )
 from .passes import PROVENANCE_KEY, read_provenance
 
@@ -139,7 +138,7 @@ def _run(args) -> int:
     model = load_model(inp)
     input_files = external_files(model)
     names = expand_model(model)
-    external = args.external_data or initializer_bytes(model) > PROTOBUF_LIMIT_BYTES
+    external = args.external_data or needs_external_data(model)
     with StagedOutput(out, external_data=external, input_files=input_files) as staged:
         staged.save(model)
         staged.commit()

@@ -34,8 +34,8 @@ __all__ = [
     "TensorWriter",
     "check_output_path",
     "external_files",
-    "initializer_bytes",
     "load_model",
+    "needs_external_data",
 ]
 
 #: Serialised protobuf messages cannot exceed 2 GiB; stay clear of it.
@@ -136,9 +136,12 @@ def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                 yield value.const_value
 
 
-def initializer_bytes(model: ir.Model) -> int:
-    """Total size in bytes of the model's initializers, subgraphs included."""
-    return sum(tensor.nbytes for tensor in _tensors(model))
+def needs_external_data(model: ir.Model) -> bool:
+    """Whether the model's tensors (subgraphs included) are too large to serialise in one protobuf.
+
+    Above :data:`PROTOBUF_LIMIT_BYTES` in all, the weights must go to a side file.
+    """
+    return sum(tensor.nbytes for tensor in _tensors(model)) > PROTOBUF_LIMIT_BYTES
 
 
 def external_files(model: ir.Model) -> set[Path]:

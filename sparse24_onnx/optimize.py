@@ -28,12 +28,11 @@ from .methods import (
     load_gradients,
 )
 from .model_io import (
-    PROTOBUF_LIMIT_BYTES,
     StagedOutput,
     check_output_path,
     external_files,
-    initializer_bytes,
     load_model,
+    needs_external_data,
 )
 from .passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
 from .report import check_report_path, format_table, tensor_entry, validation_entry, write_json
@@ -245,13 +244,12 @@ def _run(args) -> int:
 
     validate = not args.no_validate
     calibration = None
+    # One onnxruntime session on the input serves both the calibration feeds' specs and validation.
+    session = open_session(inp, role="input") if args.calibration or validate else None
     if args.calibration:
-        session = open_session(inp, role="input")
         calibration = load_feeds(args.calibration, InputSpec.from_session(session))
-        del session
     if validate:
         progress.say("running the original model in onnxruntime")
-        session = open_session(inp, role="input")
         specs = InputSpec.from_session(session)
         if args.inputs:
             feeds = load_feeds(args.inputs, specs)
@@ -269,9 +267,9 @@ def _run(args) -> int:
             source = f"generated (seed {args.seed})"
         output_names = [o.name for o in session.get_outputs()]
         reference = run_feeds(session, feeds)
-        del session
+    del session  # free the input's session (its copy of the weights) before pruning
 
-    external = args.external_data or initializer_bytes(model) > PROTOBUF_LIMIT_BYTES
+    external = args.external_data or needs_external_data(model)
     comparisons = None
     validation = None
     exit_code = ExitCode.OK
