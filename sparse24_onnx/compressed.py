@@ -18,10 +18,10 @@ tensors are initializers where ``W`` was an initializer (of the main graph or a
 subgraph) and ``Constant`` nodes where ``W`` was a ``Constant`` node (Paddle
 exports, model-local functions).
 
-The decompression subgraph uses only operators that exist at opset 9 and keeps
-the model's opsets: no bit operators, the kept positions of each byte's two
-groups are looked up (``Gather``) in two constant 256 x 2 tables, compared with
-``Equal`` against ``[0, 1, 2, 3]``,
+The decompression subgraph uses only operators that exist at opset 9 (its integer
+``Constant`` nodes need ``Constant-9``) and keeps the model's opsets: no bit
+operators, the kept positions of each byte's two groups are looked up (``Gather``)
+in two constant 256 x 2 tables, compared with ``Equal`` against ``[0, 1, 2, 3]``,
 and the dense tensor is ``lower * [slot == p0] + higher * [slot == p1] + 0``, exact
 in IEEE arithmetic: a kept slot gets its value (plus zero), a pruned slot +0 (the
 final addition of +0 clears the sign of ``0 * negative``).  Pruned tensors hold no
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: ``Where`` appears at opset 9.
+#: The subgraph's integer ``Constant`` nodes (shapes, position tables) need opset 9 (``Constant-9``).
 MIN_OPSET = 9
 VALUES_SUFFIX = ".sparse24_values"
 METADATA_SUFFIX = ".sparse24_metadata"
@@ -291,7 +291,7 @@ def compress_record(
         return "cannot tell which graph holds it"
     opset = default_opset(owner, model)
     if opset < MIN_OPSET:
-        return f"the compressed format needs opset {MIN_OPSET} (Where); the model has {opset}"
+        return f"the compressed format needs opset {MIN_OPSET} (integer Constant nodes); the model has {opset}"
     taken = _all_names(model) if taken is None else taken
     contexts = {} if contexts is None else contexts
     context = contexts.setdefault(id(owner), GraphContext(top=next(iter(owner), None), constants={}))
