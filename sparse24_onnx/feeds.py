@@ -195,35 +195,36 @@ def generate_feeds(
     return feeds
 
 
-def load_feeds(path: str | os.PathLike, specs: list[InputSpec]) -> list[Feed]:
+def load_feeds(path: str | os.PathLike, specs: list[InputSpec], option: str = "--inputs") -> list[Feed]:
     """Read feeds from a ``.npz`` keyed by input name, or a folder of such files (one feed each).
 
     Every input must be present with the declared rank and fixed dimensions, and
-    a dtype that converts without changing kind (int32 for int64, say).
+    a dtype that converts without changing kind (int32 for int64, say).  Errors
+    name ``option``, the command-line option the path came from.
     """
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
-            raise BadInput(f"--inputs {path}: folder holds no .npz files")
+            raise BadInput(f"{option} {path}: folder holds no .npz files")
     elif path.is_file():
         files = [path]
     else:
-        raise BadInput(f"--inputs {path}: no such file or folder")
-    return [_load_feed(file, specs) for file in files]
+        raise BadInput(f"{option} {path}: no such file or folder")
+    return [_load_feed(file, specs, option) for file in files]
 
 
-def _load_feed(file: Path, specs: list[InputSpec]) -> Feed:
+def _load_feed(file: Path, specs: list[InputSpec], option: str) -> Feed:
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError) as error:
-        raise BadInput(f"--inputs {file}: not a readable .npz file ({error})") from None
+        raise BadInput(f"{option} {file}: not a readable .npz file ({error})") from None
     feed = {}
     for spec in specs:
         if spec.name not in arrays:
             raise BadInput(
-                f"--inputs {file}: no array for input {spec.name!r} (keys: {', '.join(sorted(arrays)) or 'none'})"
+                f"{option} {file}: no array for input {spec.name!r} (keys: {', '.join(sorted(arrays)) or 'none'})"
             )
         array = arrays[spec.name]
         dims = spec.dims
@@ -231,12 +232,12 @@ def _load_feed(file: Path, specs: list[InputSpec]) -> Feed:
             isinstance(d, int) and d != n for d, n in zip(dims, array.shape, strict=False)
         ):
             raise BadInput(
-                f"--inputs {file}: {spec.name!r} has shape {list(array.shape)}, the model declares {_show(dims)}"
+                f"{option} {file}: {spec.name!r} has shape {list(array.shape)}, the model declares {_show(dims)}"
             )
         dtype = spec.dtype
         if dtype is not None and array.dtype != dtype:
             if array.dtype.kind != dtype.kind and not (array.dtype.kind in "iu" and dtype.kind in "iu"):
-                raise BadInput(f"--inputs {file}: {spec.name!r} is {array.dtype}, the model takes {spec.type}")
+                raise BadInput(f"{option} {file}: {spec.name!r} is {array.dtype}, the model takes {spec.type}")
             array = array.astype(dtype)
         feed[spec.name] = array
     return feed

@@ -247,7 +247,7 @@ def _run(args) -> int:
     # One onnxruntime session on the input serves both the calibration feeds' specs and validation.
     session = open_session(inp, role="input") if args.calibration or validate else None
     if args.calibration:
-        calibration = load_feeds(args.calibration, InputSpec.from_session(session))
+        calibration = load_feeds(args.calibration, InputSpec.from_session(session), option="--calibration")
     if validate:
         progress.say("running the original model in onnxruntime")
         specs = InputSpec.from_session(session)

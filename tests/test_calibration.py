@@ -131,6 +131,8 @@ def test_calibration_errors_are_one_line(models_dir, tmp_path):
     cases = [
         (["--method", "wanda"], "needs --calibration"),
         (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz")], "no array for input"),
+        (["--method", "wanda", "--calibration", str(tmp_path / "bad.npz")], f"--calibration {tmp_path / 'bad.npz'}:"),
+        (["--method", "wanda", "--calibration", str(tmp_path / "none.npz")], "--calibration"),
         (["--calibration", str(tmp_path / "bad.npz")], "used with --method wanda or sparsegpt"),
         (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz"), "--damp", "2"], "--damp"),
     ]
