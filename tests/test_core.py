@@ -290,6 +290,19 @@ def test_many_chunks_give_the_same_result(shape, axis):
     np.testing.assert_array_equal(decompress(prune_24_magnitude(weights, axis)), dense)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((16, 8, 100), 1), ((64, 12, 5), 1), ((40, 3), 0), ((6, 4096), 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_given_scores_short_and_long_rows(shape, axis, dtype):
+    # Rows (elements after the axis) shorter than _SHORT_ROWS are compared member-major,
+    # longer ones in place; both must rank by the given scores, ties to the lower index.
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal(shape).astype(dtype)
+    importance = np.round(rng.random(shape) * 4).astype(np.float32)  # many ties
+    sparse = prune_24(weights, importance, axis)
+    np.testing.assert_array_equal(keep_mask(sparse), reference_keep(importance, axis))
+    assert prune_24_dense(weights, axis, importance).tobytes() == decompress(sparse).tobytes()
+
+
 def test_pruned_zeros_are_positive_zeros():
     weights = np.array([-1.0, -2.0, -3.0, -4.0], np.float32)
     for dense in (prune_24_dense(weights, 0), decompress(prune_24_magnitude(weights, 0))):

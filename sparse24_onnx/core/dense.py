@@ -58,12 +58,15 @@ def prune_24_dense(
     dense = np.empty(weights.shape, dtype=weights.dtype) if out is None else out
     out = _bits(dense.reshape(x.shape))
     negative_zero = _negative_zero(weights.dtype)
-    scratch = Scratch()
+    scratch, keep_scratch = Scratch(), Scratch()
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
-        masks = _keep_masks(_score_chunk(x, score, sl, scratch))
-        for q, k in enumerate(masks):
-            if negative_zero is not None:  # a kept -0.0 is written as +0.0 (see _drop_negative_zero)
-                k &= b[:, q] != negative_zero
-            np.multiply(b[:, q], k, out=out[sl, q])
+        # The four masks go into one (rows, 4, post) array so that a single multiply
+        # applies them: four multiplies over strided members are slow on short rows.
+        keep = keep_scratch.array(b.shape, np.bool_)
+        for q, k in enumerate(_keep_masks(_score_chunk(x, score, sl, scratch))):
+            keep[:, q] = k
+        if negative_zero is not None:  # a kept -0.0 is written as +0.0 (see _drop_negative_zero)
+            keep &= b != negative_zero
+        np.multiply(b, keep, out=out[sl])
     return dense

@@ -254,14 +254,33 @@ class Scratch:
         return self._buffer[:nbytes].view(dtype).reshape(shape)
 
 
+#: Below this many elements per row (``post``), given scores are copied into the
+#: member-major layout of :func:`_score_chunk` before comparing.
+_SHORT_ROWS = 64
+
+
 def _score_chunk(x: np.ndarray, score: np.ndarray | None, sl: slice, scratch: Scratch) -> np.ndarray:
-    """Scores of one chunk: the given importance, or the magnitude key written into scratch."""
-    if score is not None:
-        return score[sl]
-    chunk = x[sl]
-    if _is_float(chunk.dtype):
-        return magnitude_key(chunk, out=scratch.array(chunk.shape, f"u{chunk.dtype.itemsize}"))
-    return magnitude_key(chunk)
+    """Scores of one ``(rows, 4, post)`` chunk, as a view whose members ``[:, q]`` are contiguous.
+
+    The magnitude key is written member-major, ``(4, rows, post)``, into scratch and
+    returned transposed: each of the six comparisons of :func:`_keep_masks` then
+    reads two contiguous arrays.  In the ``(rows, 4, post)`` layout a member is
+    strided, which costs most where rows are short (``post`` is 1 for a Gemm
+    ``transB=1`` weight, 9 for a 3x3 Conv): there member-major runs ~1.6x faster.
+    Given scores are copied the same way when rows are short, else used in place.
+    """
+    chunk = x[sl] if score is None else score[sl]
+    by_member = chunk.transpose(1, 0, 2)
+    if score is None and _is_float(chunk.dtype):
+        out = scratch.array(by_member.shape, f"u{chunk.dtype.itemsize}")
+        return magnitude_key(by_member, out=out).transpose(1, 0, 2)
+    if score is None:
+        return magnitude_key(chunk)
+    if chunk.shape[2] < _SHORT_ROWS:
+        out = scratch.array(by_member.shape, chunk.dtype)
+        np.copyto(out, by_member)
+        return out.transpose(1, 0, 2)
+    return chunk
 
 
 def _negative_zero(dtype: np.dtype) -> np.ndarray | None:
@@ -357,16 +376,24 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
     kept_bits = _bits(kept)
     codes = np.empty((rows, post), dtype=np.uint8)
     negative_zero = _negative_zero(weights.dtype)
-    scratch = Scratch()
+    scratch, member_scratch, kept_scratch = Scratch(), Scratch(), Scratch()
+    short = post < _SHORT_ROWS
     for sl in _chunk_rows(rows, post):
         b = bits[sl]
         k0, k1, k2, k3 = _keep_masks(_score_chunk(x, score, sl, scratch))
+        if short:  # members and kept pairs contiguous (see _score_chunk), copied in and out once
+            by_member = member_scratch.array((GROUP, *b.shape[::2]), b.dtype)
+            np.copyto(by_member, b.transpose(1, 0, 2))
+            b = by_member.transpose(1, 0, 2)
+            pair = kept_scratch.array((KEEP, *b.shape[::2]), b.dtype).transpose(1, 0, 2)
+        else:
+            pair = kept_bits[sl]
         # The lower kept position is 0, 1 or 2; the higher one 3, 2 or 1.  Exactly
         # one product in each sum is non-zero, so the sums are exact selects.
         not0, not3 = ~k0, ~k3
         take2 = not0 & ~k1
         take1 = not3 & ~k2
-        low, high = kept_bits[sl, 0], kept_bits[sl, 1]
+        low, high = pair[:, 0], pair[:, 1]
         np.multiply(b[:, 0], k0, out=low)
         low += b[:, 1] * (k1 & not0)
         low += b[:, 2] * take2
@@ -376,6 +403,8 @@ def prune_24(weights: np.ndarray, importance: np.ndarray | None, axis: int) -> S
         if negative_zero is not None:
             _drop_negative_zero(low, negative_zero)
             _drop_negative_zero(high, negative_zero)
+        if short:
+            kept_bits[sl] = pair
         # p0 = 0, 1 or 2 and p1 = 3, 2 or 1, from the same masks.
         p0 = not0.view(np.uint8) + take2.view(np.uint8)
         p1 = 3 - not3.view(np.uint8) - take1.view(np.uint8)
