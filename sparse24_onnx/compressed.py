@@ -298,7 +298,7 @@ def compress_record(
     tensor = source.tensor
     dense = tensor.numpy()
     sparse = prune_24(dense, None, record.axis)  # dense is 2:4 already: this keeps its non-zeros
-    if decompress(sparse).tobytes() != np.ascontiguousarray(dense).tobytes():
+    if not _same_bits(decompress(sparse), dense):
         return "its dense form is not 2:4 along its axis"
     name = record.name
     builder = _Builder(name, taken, context)
@@ -338,6 +338,14 @@ def compress_record(
         nodes=[n.name for n in builder.nodes],
         constant_node=None if isinstance(source, InitializerSource) else (source.node.name or ""),
     )
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit equality (so -0.0 differs from +0.0) without copying either array."""
+    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    unsigned = f"u{a.dtype.itemsize}"
+    return bool(np.array_equal(np.ascontiguousarray(a).view(unsigned), np.ascontiguousarray(b).view(unsigned)))
 
 
 def _insert(graph: ir.Graph | ir.Function, top: ir.Node | None, nodes: list[ir.Node]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from . import __version__
@@ -274,7 +275,7 @@ def _run(args) -> int:
     validation = None
     exit_code = ExitCode.OK
     written: list[Path] = []
-    with StagedOutput(out, external_data=external, input_files=input_files) as staged:
+    with StagedOutput(out, external_data=external, input_files=input_files) as staged, ExitStack() as stack:
         compressed = args.format == "compressed"
         analysis = [find]
         if args.permute:
@@ -290,7 +291,13 @@ def _run(args) -> int:
         budget = None
         if args.auto_exclude:
             budget, method = _fit_budget(model, method, feeds, reference, output_names, args.max_rel_error, progress)
-        rewrite = [PruneWeights(method, progress=progress.weight, sink=None if compressed else staged)]
+        prune_sink = staged
+        if compressed:
+            # Pruned weights wait for CompressWeights in memory or, when the model is
+            # large enough for external data, in a scratch side file (never committed):
+            # memory then stays bounded by one weight, as on the dense route.
+            prune_sink = stack.enter_context(_scratch(out)) if external else None
+        rewrite = [PruneWeights(method, progress=progress.weight, sink=prune_sink)]
         if compressed:
             rewrite.append(CompressWeights(sink=staged))
         Pipeline(*rewrite, RecordProvenance(method.name, args.format, args.tc_shapes))(model)
@@ -409,6 +416,11 @@ def _verdict(records, pruned, validation, written: Path | None) -> str:
         head += "; not validated"
     head += f"; wrote {written}" if written else "; nothing written"
     return head
+
+
+def _scratch(out: Path) -> StagedOutput:
+    """A staged side file beside OUT for pruned weights on their way to compression; deleted on exit."""
+    return StagedOutput(out.with_name(out.name + ".pruned"), external_data=True)
 
 
 def main(argv: list[str] | None = None) -> int:

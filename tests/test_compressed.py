@@ -168,6 +168,34 @@ def test_compressed_with_external_data(models_dir, tmp_path):
     assert all(a[n].tobytes() == b[n].tobytes() for n in b)
 
 
+@pytest.mark.parametrize("source_external", [False, True])
+def test_compressed_external_route_equals_in_memory_route(models_dir, tmp_path, source_external, monkeypatch):
+    # With external data the pruned weights wait in a scratch side file, not in memory,
+    # until they are compressed; the result must not change, and no scratch is left.
+    import sparse24_onnx.optimize as optimize
+
+    scratches = []
+    original = optimize._scratch
+    monkeypatch.setattr(optimize, "_scratch", lambda out: scratches.append(original(out)) or scratches[-1])
+    source = models_dir / "transformer.onnx"
+    if source_external:  # its weights stream from a side file in blocks
+        (tmp_path / "in").mkdir()
+        source, model = tmp_path / "in" / "t.onnx", onnx.load(str(source))
+        onnx.save(model, source, save_as_external_data=True, location="t.bin", size_threshold=1024)
+    external, in_memory = tmp_path / "ext" / "c.onnx", tmp_path / "mem" / "c.onnx"
+    for out, extra in ((external, ["--external-data"]), (in_memory, [])):
+        out.parent.mkdir()
+        assert optimize_main([str(source), str(out), "-q", "--format", "compressed", "--shape", "seq=8", *extra]) == 0
+    assert len(scratches) == 1  # the external run used a scratch file, the in-memory one did not
+    assert sorted(p.name for p in external.parent.iterdir()) == ["c.onnx", "c.onnx.data"]
+    a, b = all_tensors(external), all_tensors(in_memory)
+    assert a.keys() == b.keys()
+    assert all(a[n].tobytes() == b[n].tobytes() and a[n].dtype == b[n].dtype for n in a)
+    assert list(onnx.load(str(external), load_external_data=False).graph.node) == list(
+        onnx.load(str(in_memory)).graph.node
+    )
+
+
 def test_expand_of_a_model_with_nothing_compressed_and_bad_input(models_dir, tmp_path):
     out = tmp_path / "copy.onnx"
     result = subprocess.run(

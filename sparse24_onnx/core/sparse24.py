@@ -472,12 +472,20 @@ def decompress(sparse: Sparse24Tensor) -> np.ndarray:
     """
     codes = sparse.codes()
     pre, groups, post = codes.shape
-    kept = sparse.values.reshape(pre, groups, KEEP, post)
-    p0 = (codes & 3).astype(np.intp)[:, :, None, :]
-    p1 = (codes >> 2).astype(np.intp)[:, :, None, :]
-    dense = np.zeros((pre, groups, GROUP, post), dtype=sparse.values.dtype)
-    np.put_along_axis(dense, p0, kept[:, :, 0:1, :], axis=2)
-    np.put_along_axis(dense, p1, kept[:, :, 1:2, :], axis=2)
+    rows = pre * groups
+    codes = codes.reshape(rows, post)
+    kept = _bits(sparse.values).reshape(rows, KEEP, post)
+    dense = np.empty((pre, groups, GROUP, post), dtype=sparse.values.dtype)
+    out = _bits(dense).reshape(rows, GROUP, post)
+    # Chunk by chunk (temporaries stay small): member q is the lower kept value where
+    # p0 == q, the higher one where p1 == q, else +0; bits times a 0/1 mask is a select.
+    for sl in _chunk_rows(rows, post):
+        p0, p1 = codes[sl] & 3, codes[sl] >> 2
+        low, high = kept[sl, 0], kept[sl, 1]
+        for q in range(GROUP):
+            member = out[sl, q]
+            np.multiply(low, p0 == q, out=member)
+            member += high * (p1 == q)
     return _ungroup(dense, sparse.shape, sparse.axis)
 
 

@@ -32,7 +32,10 @@ class CompressWeights(InPlacePass):
         contexts: dict = {}
         changed = []
         for record in pruned:
+            tensor = record.source.tensor
             result = compress_record(model, record, taken, store=self.sink.store, contexts=contexts)
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # unmap the pruned weight (a scratch file): one weight in memory at a time
             if isinstance(result, str):
                 record.storage_note = result
                 continue
