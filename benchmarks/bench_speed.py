@@ -14,7 +14,8 @@ Prints four tables:
    --no-validate`` against ``polygraphy surgeon prune`` on a 4 x 2048 x 2048
    fp32 MLP;
 4. scale: external-data MLPs of several GiB, ``optimize --no-validate
-   --external-data`` against ``cp`` of the same files, with peak resident memory.
+   --external-data`` against ``cp`` of the same files, with peak resident memory;
+   and once with ``--format compressed``.
 
 Nothing here is asserted: the script prints what it measured.
 """
@@ -149,7 +150,11 @@ def e2e_table(folder: Path, skip_peer: bool) -> None:
 def scale_table(folder: Path, sizes: list[float]) -> None:
     print("\n## 4. scale: external data, optimize --no-validate --external-data against cp of the same files")
     print("(best of 2 each, alternating; dirty pages flushed before every run)")
-    print(f"{'weights GiB':>11} {'cp s':>7} {'optimize s':>10} {'ratio':>6} {'GiB/s':>6} {'peak RSS MiB':>12}")
+    print("and, run once, --format compressed (the last two columns)")
+    print(
+        f"{'weights GiB':>11} {'cp s':>7} {'optimize s':>10} {'ratio':>6} {'GiB/s':>6} {'peak RSS MiB':>12}"
+        f" {'compressed s':>12} {'its peak RSS MiB':>16}"
+    )
     side = 8192  # 256 MiB per fp32 layer
     for gib in sizes:
         layers = max(1, round(gib * 4))
@@ -178,10 +183,14 @@ def scale_table(folder: Path, sizes: list[float]) -> None:
             peaks.append(info.get("peak_rss_mib", float("nan")))
             for name in ("out.onnx", "out.onnx.data"):
                 (sub / name).unlink(missing_ok=True)
+        command = [sys.executable, str(HERE / "peak_rss.py"), "sparse24_onnx.optimize", "big.onnx", "out.onnx"]
+        compressed, info = timed_run(
+            [*command, "--no-validate", "--external-data", "--format", "compressed", "-q"], sub
+        )
         copy, mine = min(copies), min(ours)
         print(
             f"{size / 2**30:>11.2f} {copy:>7.2f} {mine:>10.2f} {mine / copy:>6.1f} "
-            f"{size / 2**30 / mine:>6.2f} {max(peaks):>12.0f}"
+            f"{size / 2**30 / mine:>6.2f} {max(peaks):>12.0f} {compressed:>12.2f} {info.get('peak_rss_mib', 0):>16.0f}"
         )
         shutil.rmtree(sub)
         for name in ("big.onnx", "big.onnx.data"):
