@@ -58,8 +58,10 @@ __all__ = [
     "CompressedWeight",
     "compress_record",
     "compressed_entries",
+    "read_sparse_weight",
     "read_sparse_weights",
     "replace_initializer",
+    "stored_bytes",
 ]
 
 FORMAT_VERSION = 1
@@ -392,19 +394,38 @@ def _find_tensor(model: ir.Model, name: str) -> ir.TensorProtocol | None:
 def read_sparse_weights(model: ir.Model) -> dict[str, Sparse24Tensor]:
     """Every compressed weight of a model as a :class:`Sparse24Tensor`, without running the graph.
 
+    Tensors in external data are memory-mapped, not read; for a model larger than
+    memory, take one weight at a time with :func:`read_sparse_weight`.
+
     Raises:
         ValueError: The metadata names a tensor that is missing or has the wrong shape.
     """
-    weights = {}
-    for name, entry in compressed_entries(model).items():
-        values = _find_tensor(model, entry["values"])
-        metadata = _find_tensor(model, entry["metadata"])
-        if values is None or metadata is None:
-            raise ValueError(f"compressed weight '{name}': tensor '{entry['values']}' or '{entry['metadata']}' missing")
-        weights[name] = Sparse24Tensor(
-            values=values.numpy(),
-            metadata=np.asarray(metadata.numpy(), dtype=np.uint8).reshape(-1),
-            shape=tuple(entry["shape"]),
-            axis=int(entry["axis"]),
-        )
-    return weights
+    return {name: read_sparse_weight(model, name, entry) for name, entry in compressed_entries(model).items()}
+
+
+def read_sparse_weight(model: ir.Model, name: str, entry: dict | None = None) -> Sparse24Tensor:
+    """One compressed weight as a :class:`Sparse24Tensor` (``entry``: its metadata entry, if at hand).
+
+    Raises:
+        ValueError: The weight is not compressed, or its tensors are missing or have the wrong shape.
+    """
+    if entry is None:
+        entry = compressed_entries(model).get(name)
+        if entry is None:
+            raise ValueError(f"'{name}' is not a compressed weight of this model")
+    values = _find_tensor(model, entry["values"])
+    metadata = _find_tensor(model, entry["metadata"])
+    if values is None or metadata is None:
+        raise ValueError(f"compressed weight '{name}': tensor '{entry['values']}' or '{entry['metadata']}' missing")
+    return Sparse24Tensor(
+        values=values.numpy(),
+        metadata=np.asarray(metadata.numpy(), dtype=np.uint8).reshape(-1),
+        shape=tuple(entry["shape"]),
+        axis=int(entry["axis"]),
+    )
+
+
+def stored_bytes(model: ir.Model, entry: dict) -> int:
+    """Bytes a compressed weight takes in the model now (values + metadata) and ``-1`` if one is missing."""
+    tensors = [_find_tensor(model, entry["values"]), _find_tensor(model, entry["metadata"])]
+    return -1 if None in tensors else sum(t.nbytes for t in tensors)

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
 from . import __version__
 from .cli import ArgumentParser, run_main
-from .compressed import NODE_PREFIX, compressed_entries, read_sparse_weights, replace_initializer
+from .compressed import NODE_PREFIX, compressed_entries, read_sparse_weight, replace_initializer, stored_bytes
 from .core import decompress
 from .errors import BadInput, ExitCode
 from .model_io import (
@@ -60,21 +62,25 @@ def _graphs(model: ir.Model) -> list[ir.Graph | ir.Function]:
     return [*model.graphs(), *model.functions.values()]
 
 
-def expand_model(model: ir.Model) -> list[str]:
+def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.TensorProtocol] | None = None) -> list[str]:
     """Replace every compressed weight by its dense form, in place; return their names.
+
+    Weights are expanded one at a time; ``store`` (a staged side file's) takes each
+    restored initializer as it is made, so that with external data only one weight
+    is in memory at a time.  By default they stay in memory.
 
     Raises:
         BadInput: The compressed weights or their metadata are inconsistent.
     """
     entries = compressed_entries(model)
-    try:
-        weights = read_sparse_weights(model)
-    except ValueError as error:
-        raise BadInput(f"cannot read the compressed weights: {error}") from None
     by_name = {node.name: (graph, node) for graph in _graphs(model) for node in graph if node.name}
     for name, entry in entries.items():
-        sparse = weights[name]
+        try:
+            sparse = read_sparse_weight(model, name, entry)
+        except ValueError as error:
+            raise BadInput(f"cannot read the compressed weights: {error}") from None
         dense = decompress(sparse)
+        del sparse  # its values may map the input's side file
         found = [by_name[n] for n in entry.get("nodes", []) if n in by_name]
         if not found or len(found) != len(entry.get("nodes", [])):
             raise BadInput(f"compressed weight '{name}': its decompression nodes are not all in the model")
@@ -91,6 +97,8 @@ def expand_model(model: ir.Model) -> list[str]:
                 graph.remove(node, safe=True)
             restored.name = name
             restored.const_value = ir.Tensor(dense, dtype=initializers[values_name].const_value.dtype, name=name)
+            if store:
+                restored.const_value = store(restored.const_value)
             replace_initializer(graph, values_name, [restored])
             del graph.initializers[metadata_name]
         else:
@@ -105,6 +113,7 @@ def expand_model(model: ir.Model) -> list[str]:
             for _, node in reversed(found):
                 graph.remove(node, safe=True)
             constant.outputs[0].name = name
+        del dense
     _drop_unused_shared_constants(model)
     _dense_provenance(model)
     return list(entries)
@@ -132,14 +141,26 @@ def _dense_provenance(model: ir.Model) -> None:
     model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
 
 
+def _growth(model: ir.Model) -> int:
+    """Bytes the model's tensors gain when every compressed weight is expanded."""
+    growth = 0
+    for name, entry in compressed_entries(model).items():
+        stored = stored_bytes(model, entry)
+        if stored < 0:
+            raise BadInput(f"cannot read the compressed weights: tensors of '{name}' are missing")
+        dense = int(np.prod(entry["shape"], dtype=np.int64)) * int(ir.DataType[entry["dtype"]].itemsize)
+        growth += dense - stored
+    return growth
+
+
 def _run(args) -> int:
     inp = Path(args.input)
     out = check_output_path(args.output, inp)
     model = load_model(inp)
     input_files = external_files(model)
-    names = expand_model(model)
-    external = args.external_data or needs_external_data(model)
+    external = args.external_data or needs_external_data(model, growth=_growth(model))
     with StagedOutput(out, external_data=external, input_files=input_files) as staged:
+        names = expand_model(model, store=staged.store if external else None)
         staged.save(model)
         staged.commit()
     if not args.quiet:

@@ -137,12 +137,14 @@ def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                 yield value.const_value
 
 
-def needs_external_data(model: ir.Model) -> bool:
+def needs_external_data(model: ir.Model, growth: int = 0) -> bool:
     """Whether the model's tensors (subgraphs included) are too large to serialise in one protobuf.
 
     Above :data:`PROTOBUF_LIMIT_BYTES` in all, the weights must go to a side file.
+    ``growth``: bytes the tensors will gain before the model is saved (decided now,
+    so that the new tensors can go to the side file as they are made).
     """
-    return sum(tensor.nbytes for tensor in _tensors(model)) > PROTOBUF_LIMIT_BYTES
+    return sum(tensor.nbytes for tensor in _tensors(model)) + growth > PROTOBUF_LIMIT_BYTES
 
 
 def external_files(model: ir.Model) -> set[Path]:

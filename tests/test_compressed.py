@@ -196,6 +196,37 @@ def test_compressed_external_route_equals_in_memory_route(models_dir, tmp_path, 
     )
 
 
+def compressed_weights(path) -> list[str]:
+    return list(read_sparse_weights(load_model(path)))
+
+
+def test_expand_streams_to_a_side_file_when_the_dense_model_would_be_too_large(models_dir, tmp_path, monkeypatch):
+    # The side file is chosen from the size the model will have once expanded (the
+    # compressed model itself fits), so each weight goes to it as it is expanded.
+    import sparse24_onnx.model_io as model_io
+
+    compressed, embedded = tmp_path / "c.onnx", tmp_path / "e.onnx"
+    args = [str(models_dir / "transformer.onnx"), str(compressed), "-q", "--format", "compressed", "--no-validate"]
+    assert optimize_main(args) == 0
+    assert expand_main([str(compressed), str(embedded), "-q"]) == 0
+    dense_bytes = sum(a.nbytes for a in all_tensors(embedded).values())
+    compressed_bytes = sum(a.nbytes for a in all_tensors(compressed).values())
+    assert compressed_bytes < dense_bytes - 1000
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT_BYTES", dense_bytes - 1000)
+    stored, before_save = [], []
+    store, save = model_io.StagedOutput.store, model_io.StagedOutput.save
+    monkeypatch.setattr(model_io.StagedOutput, "store", lambda self, t: stored.append(t.name) or store(self, t))
+    monkeypatch.setattr(model_io.StagedOutput, "save", lambda self, m: before_save.extend(stored) or save(self, m))
+    (tmp_path / "out").mkdir()
+    streamed = tmp_path / "out" / "e.onnx"
+    assert expand_main([str(compressed), str(streamed), "-q"]) == 0
+    assert set(compressed_weights(compressed)) <= set(before_save)  # written while expanding, not at the end
+    assert sorted(p.name for p in streamed.parent.iterdir()) == ["e.onnx", "e.onnx.data"]
+    a, b = all_tensors(streamed), all_tensors(embedded)
+    assert a.keys() == b.keys()
+    assert all(a[n].tobytes() == b[n].tobytes() and a[n].dtype == b[n].dtype for n in a)
+
+
 def test_expand_of_a_model_with_nothing_compressed_and_bad_input(models_dir, tmp_path):
     out = tmp_path / "copy.onnx"
     result = subprocess.run(
