@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+import onnx_ir as ir
+
 from . import __version__
 from .cli import ArgumentParser, run_main
 from .compressed import compressed_entries, read_sparse_weights
@@ -62,19 +64,23 @@ def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -
     for record in records:
         if record.status != Status.CANDIDATE:
             continue
-        weights = record.source.tensor.numpy()
+        tensor = record.source.tensor
+        weights = tensor.numpy()
         problem = data_problem(weights)
+        dense = 0 if problem else count_dense_groups(weights, record.axis)
+        groups = weights.size // 4
+        del weights
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.release()  # unmap it: one weight's pages in memory at a time
         if problem:
             record.skip(problem)
             continue
-        dense = count_dense_groups(weights, record.axis)
         if dense == 0:
             record.status = Status.SPARSE
             continue
         if record.name in intended_dense:
             record.skip(f"left dense on purpose by optimize ({intended_dense[record.name]})", deliberate=True)
             continue
-        groups = weights.size // 4
         record.status = Status.NOT_SPARSE
         record.reason = f"{dense} of {groups} groups of 4 ({100 * dense / groups:.1f}%) have more than 2 non-zeros"
 
