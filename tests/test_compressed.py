@@ -122,14 +122,18 @@ def test_no_warnings_when_onnxruntime_loads_it(tmp_path, dtype):
     assert result.stderr == ""
 
 
-def test_old_opsets_keep_dense_storage_with_reason(models_dir, tmp_path):
-    out, report = tmp_path / "c.onnx", tmp_path / "r.json"
-    assert (
-        optimize_main(
-            [str(models_dir / "opset7.onnx"), str(out), "-q", "--format", "compressed", "--report", str(report)]
-        )
-        == 0
-    )
+@pytest.mark.parametrize("external", [False, True])
+def test_old_opsets_keep_dense_storage_with_reason(models_dir, tmp_path, external):
+    (tmp_path / "out").mkdir()
+    out, report = tmp_path / "out" / "c.onnx", tmp_path / "r.json"
+    args = [str(models_dir / "opset7.onnx"), str(out), "-q", "--format", "compressed", "--report", str(report)]
+    assert optimize_main(args + (["--external-data"] if external else [])) == 0
+    # With external data the dense-pruned weights went through the scratch file and on to OUT's.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["c.onnx", *(["c.onnx.data"] if external else [])]
+    dense = tmp_path / "d.onnx"
+    assert optimize_main([str(models_dir / "opset7.onnx"), str(dense), "-q", "--no-validate"]) == 0
+    a, b = all_tensors(out), all_tensors(dense)
+    assert all(a[n].tobytes() == b[n].tobytes() for n in b)
     tensors = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     for entry in tensors.values():
         assert entry["status"] == "pruned"
