@@ -242,6 +242,11 @@ def _run(args) -> int:
     progress.say(f"loading {inp}")
     model = load_model(inp)
     input_files = external_files(model)
+    if args.auto_exclude and needs_external_data(model):
+        raise BadInput(
+            "--auto-exclude works on models under 2 GiB: each of its trial runs writes the whole model into one "
+            "file for onnxruntime; leave layers dense with --exclude instead"
+        )
 
     validate = not args.no_validate
     calibration = None

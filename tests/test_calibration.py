@@ -230,6 +230,19 @@ def test_auto_exclude_needs_a_bound(models_dir, tmp_path):
     assert "--auto-exclude needs --max-rel-error" in result.stderr
 
 
+def test_auto_exclude_refuses_a_model_over_the_protobuf_limit(models_dir, tmp_path, monkeypatch, capsys):
+    # Its trial runs write the whole model into one file; over 2 GiB onnxruntime cannot load
+    # that, so the run stops at once with a one-line error (the limit lowered to stand for it).
+    import sparse24_onnx.model_io as model_io
+    from sparse24_onnx.optimize import main as optimize_main
+
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT_BYTES", 1000)
+    args = [str(models_dir / "mlp.onnx"), str(tmp_path / "o.onnx"), "--max-rel-error", "0.5", "--auto-exclude"]
+    assert optimize_main(args) == 2
+    assert "--auto-exclude works on models under 2 GiB" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_sequential_calibrates_each_layer_on_the_already_pruned_model(models_dir, tmp_path):
     from .helpers import all_tensors
 
