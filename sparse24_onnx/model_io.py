@@ -156,6 +156,15 @@ def external_files(model: ir.Model) -> set[Path]:
     return files
 
 
+def _refuse_special(path: Path, what: str) -> None:
+    """OUT's files are replaced whole (rename): never do that to a device, pipe or socket."""
+    if path.exists() and not path.is_file():
+        raise BadInput(
+            f"{path}: exists and is not a regular file (a device, pipe or socket); {what} would replace it, "
+            "so give a file path"
+        )
+
+
 def check_output_path(out: str | os.PathLike, inp: str | os.PathLike) -> Path:
     """Refuse an output that would overwrite the input or cannot be written."""
     out = Path(out)
@@ -163,6 +172,7 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike) -> Path:
         raise BadInput(f"{out}: OUT is the input model; write to another file (the input is never modified)")
     if out.is_dir():
         raise BadInput(f"{out}: is a directory; give OUT as a file path such as {out / 'model.onnx'}")
+    _refuse_special(out, "OUT")
     folder = out.parent if str(out.parent) else Path(".")
     if folder.exists() and not folder.is_dir():
         raise BadInput(f"{folder}: is not a folder, so OUT cannot be written inside it")
@@ -194,6 +204,8 @@ class StagedOutput:
     def __init__(self, destination: Path, *, external_data: bool, input_files: set[Path] = frozenset()) -> None:
         self.destination = destination
         self.data_name = destination.name + ".data" if external_data else None
+        if self.data_name:
+            _refuse_special(destination.parent / self.data_name, "OUT's side file")
         if self.data_name and (destination.parent / self.data_name).resolve() in input_files:
             raise BadInput(
                 f"{destination.parent / self.data_name}: OUT's side file would overwrite the input's external data; "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -284,6 +286,34 @@ def test_nothing_to_prune(tmp_path):
     assert result.returncode == 0
     assert "nothing to prune" in result.stdout
     assert (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("optimize", ["pipe"]),
+        ("optimize", ["out.onnx", "--external-data"]),  # its side file out.onnx.data is the pipe
+        ("expand", ["pipe"]),
+    ],
+)
+def test_output_never_replaces_a_device_or_pipe(models_dir, tmp_path, module, args):
+    # OUT's files are renamed into place; run as root on `/dev/null` that would have put a
+    # regular file where the device was.  A pipe stands in for it here.
+    model = tmp_path / "model.onnx"
+    model.write_bytes((models_dir / "mlp.onnx").read_bytes())
+    pipe = tmp_path / ("out.onnx.data" if "--external-data" in args else "pipe")
+    os.mkfifo(pipe)
+    result = subprocess.run(
+        [sys.executable, "-m", f"sparse24_onnx.{module}", "model.onnx", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "is not a regular file" in result.stderr
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", pipe.name])
 
 
 @pytest.mark.parametrize(
