@@ -81,15 +81,25 @@ def _finite_or_text(obj: object) -> object:
 
 def check_report_path(path: str | os.PathLike | None) -> None:
     """Refuse a ``--report`` path whose folder does not exist, before any work is done."""
+    if path is not None and Path(path).is_dir():
+        raise BadInput(f"--report {path}: is a directory; give a file path")
     if path is not None and not Path(path).resolve().parent.is_dir():
         raise BadInput(f"--report {path}: folder {Path(path).parent} does not exist")
 
 
 def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
-    """Write ``document`` (plus tool and version) as JSON to ``path``, atomically."""
+    """Write ``document`` (plus tool and version) as JSON to ``path``.
+
+    A file is replaced atomically (temp file + rename); a path that exists and is
+    not a regular file (``/dev/stdout``, a pipe) is written to as it is, never replaced.
+    """
     path = Path(path)
     document = {"tool": "sparse24-onnx", "version": __version__, **document}
     text = json.dumps(_finite_or_text(document), indent=2, allow_nan=False) + "\n"
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:

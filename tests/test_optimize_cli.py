@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,22 @@ def test_model_that_onnxruntime_cannot_load(tmp_path):
     ok = cli(path, tmp_path / "out.onnx", "--no-validate", "--quiet")
     assert ok.returncode == 0
     assert is_24(initializers(tmp_path / "out.onnx")["w"], 0)
+
+
+@pytest.mark.parametrize("model", ["mlp.onnx"], indirect=True)
+def test_report_to_a_pipe_or_stdout_is_written_not_replaced(model, tmp_path):
+    # A CI step may read the report from a pipe (or /dev/stdout): it is written there as is.
+    # (/dev/stdout itself is not used here: a regression would replace the machine's.)
+    pipe = tmp_path / "report.pipe"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
+    reader.start()
+    result = cli(model, tmp_path / "out.onnx", "--no-validate", "-q", "--report", pipe)
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert json.loads(received[0])["command"] == "optimize"
+    result = cli(model, tmp_path / "out3.onnx", "--no-validate", "--report", tmp_path)
+    assert result.returncode == 2
+    assert "is a directory" in result.stderr
