@@ -203,6 +203,8 @@ class StagedOutput:
 
     def __init__(self, destination: Path, *, external_data: bool, input_files: set[Path] = frozenset()) -> None:
         self.destination = destination
+        if destination.resolve() in input_files:
+            raise BadInput(f"{destination}: OUT is the input's external data file; write to another file")
         self.data_name = destination.name + ".data" if external_data else None
         if self.data_name:
             _refuse_special(destination.parent / self.data_name, "OUT's side file")

@@ -111,6 +111,19 @@ def _external_copy(models_dir: Path, folder: Path, name="mlp.onnx", location="we
     return path
 
 
+@pytest.mark.parametrize("module", ["optimize", "expand"])
+def test_out_may_not_be_the_inputs_side_file(models_dir, tmp_path, module):
+    # The side file is part of the input: writing OUT over it would destroy the input's weights.
+    source = _external_copy(models_dir, tmp_path / "in")
+    side = source.parent / "weights.bin"
+    side_digest = digest(side)
+    result = run_module(module, source, side, "--no-validate" if module == "optimize" else "-q")
+    assert result.returncode == 2, result.stderr
+    assert "OUT is the input's external data file" in result.stderr
+    assert digest(side) == side_digest
+    assert sorted(p.name for p in source.parent.iterdir()) == ["mlp.onnx", "weights.bin"]
+
+
 def test_external_data_in_and_out(models_dir, tmp_path):
     source = _external_copy(models_dir, tmp_path / "in")
     side = source.parent / "weights.bin"
