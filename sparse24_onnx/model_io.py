@@ -84,8 +84,43 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     except Exception as error:
         raise BadInput(f"{path}: cannot read the model's graph: {_first_line(error)}") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    _check_external_extents(model)
     _forget_implied_initializer_types(model, proto)
     return model
+
+
+def _check_external_extents(model: ir.Model) -> None:
+    """Refuse external data that does not hold its tensors' bytes (the checker only sees that the file exists)."""
+    sizes: dict[str, int] = {}
+    graphs = [*model.graphs(), *model.functions.values()]
+    constants = (
+        node.attributes["value"].value
+        for graph in graphs
+        for node in graph
+        if node.op_type == "Constant" and "value" in node.attributes
+    )
+    initializers = (v.const_value for g in model.graphs() for v in g.initializers.values())
+    for tensor in (*initializers, *constants):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        where = tensor.path
+        if where not in sizes:
+            try:
+                sizes[where] = os.path.getsize(where)
+            except OSError as error:
+                raise BadInput(f"{where}: cannot read the external data of '{tensor.name}': {error.strerror}") from None
+        length = tensor.length if tensor.length is not None else tensor.nbytes
+        if length != tensor.nbytes:
+            raise BadInput(
+                f"{where}: tensor '{tensor.name}' declares {length} bytes of external data, "
+                f"its dtype and shape need {tensor.nbytes}"
+            )
+        end = (tensor.offset or 0) + length
+        if end > sizes[where]:
+            raise BadInput(
+                f"{where}: external data ends early: tensor '{tensor.name}' needs bytes up to {end}, "
+                f"the file has {sizes[where]}"
+            )
 
 
 def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:

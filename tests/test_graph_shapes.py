@@ -111,6 +111,31 @@ def _external_copy(models_dir: Path, folder: Path, name="mlp.onnx", location="we
     return path
 
 
+@pytest.mark.parametrize("module", ["optimize", "check", "expand"])
+@pytest.mark.parametrize(
+    ("damage", "message"), [("truncate", "external data ends early"), ("length", "declares 100 bytes")]
+)
+def test_external_data_that_does_not_hold_the_tensor_is_bad_input(models_dir, tmp_path, module, damage, message):
+    source = _external_copy(models_dir, tmp_path / "in")
+    side = source.parent / "weights.bin"
+    if damage == "truncate":
+        side.write_bytes(side.read_bytes()[:1000])
+    else:
+        proto = onnx.load(str(source), load_external_data=False)
+        entries = proto.graph.initializer[0].external_data
+        for entry in entries:
+            if entry.key == "length":
+                entry.value = "100"
+        if not any(entry.key == "length" for entry in entries):
+            entries.add(key="length", value="100")
+        onnx.save(proto, source)
+    args = [source] if module == "check" else [source, tmp_path / "out.onnx"]
+    result = run_module(module, *args)
+    assert result.returncode == 2, result.stderr
+    assert len(error_lines(result)) == 1
+    assert message in result.stderr
+
+
 @pytest.mark.parametrize("module", ["optimize", "expand"])
 def test_out_may_not_be_the_inputs_side_file(models_dir, tmp_path, module):
     # The side file is part of the input: writing OUT over it would destroy the input's weights.
