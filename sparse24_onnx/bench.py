@@ -163,7 +163,11 @@ def prepare_for_tensorrt(model_path: Path, folder: Path, precision: str) -> Path
 
     model = load_model(model_path)
     path = model_path
-    if compressed_entries(model):
+    try:
+        compressed = bool(compressed_entries(model))
+    except ValueError as error:
+        raise BadInput(f"{model_path}: cannot read the compressed weights: {error}") from None
+    if compressed:
         expand_model(model)
         path = folder / "expanded.onnx"
         write_embedded(model, path)

@@ -87,8 +87,8 @@ def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -
 
 def compressed_records(model) -> list[WeightRecord]:
     """Records for the weights stored in the compressed format (2:4 when their metadata is well formed)."""
-    entries = compressed_entries(model)
     try:
+        entries = compressed_entries(model)
         weights = read_sparse_weights(model)
     except (ValueError, KeyError, TypeError) as error:
         raise BadInput(f"{model.graph.name}: unreadable compressed weights ({error})") from None

@@ -49,7 +49,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .core import Sparse24Tensor, decompress, prune_24
-from .metadata import read_provenance
+from .metadata import PROVENANCE_KEY, read_provenance
 from .weights import InitializerSource, WeightRecord
 
 __all__ = [
@@ -369,13 +369,47 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+#: Keys every per-weight entry of the format's metadata must have.
+_ENTRY_KEYS = ("axis", "shape", "dtype", "values", "metadata", "nodes")
+
+
 def compressed_entries(model: ir.Model) -> dict[str, dict]:
-    """The per-weight entries of a compressed model's ``sparse24`` metadata (empty if not compressed)."""
+    """The per-weight entries of a compressed model's ``sparse24`` metadata (empty if not compressed).
+
+    Raises:
+        ValueError: The model has decompression nodes but its metadata cannot be read,
+            or the metadata is of another format version or lacks a weight's keys.
+    """
+    text = model.metadata_props.get(PROVENANCE_KEY)
     entry = read_provenance(model)
+    if text and not entry and _has_decompression_nodes(model):
+        raise ValueError(f"metadata_props['{PROVENANCE_KEY}'] is not a JSON object, so the compressed weights are lost")
     if entry.get("format") != "compressed":
         return {}
+    version = entry.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"compressed format version {version!r}; this version of sparse24-onnx reads {FORMAT_VERSION}")
     tensors = entry.get("tensors")
-    return tensors if isinstance(tensors, dict) else {}
+    if not isinstance(tensors, dict):
+        raise ValueError(f"metadata_props['{PROVENANCE_KEY}'] has no 'tensors' object")
+    for name, weight in tensors.items():
+        missing = [key for key in _ENTRY_KEYS if not isinstance(weight, dict) or key not in weight]
+        if missing:
+            raise ValueError(f"compressed weight '{name}': its metadata lacks {', '.join(missing)}")
+        if weight["dtype"] not in ir.DataType.__members__:
+            raise ValueError(f"compressed weight '{name}': unknown dtype {weight['dtype']!r}")
+        shape, axis = weight["shape"], weight["axis"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape) and shape):
+            raise ValueError(f"compressed weight '{name}': shape {shape!r} is not a list of sizes")
+        if not (isinstance(axis, int) and -len(shape) <= axis < len(shape)):
+            raise ValueError(f"compressed weight '{name}': axis {axis!r} does not fit shape {shape}")
+    return tensors
+
+
+def _has_decompression_nodes(model: ir.Model) -> bool:
+    return any(
+        (node.name or "").startswith(NODE_PREFIX) for g in [*model.graphs(), *model.functions.values()] for node in g
+    )
 
 
 def _find_tensor(model: ir.Model, name: str) -> ir.TensorProtocol | None:

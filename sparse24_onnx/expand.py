@@ -72,7 +72,7 @@ def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.Tensor
     Raises:
         BadInput: The compressed weights or their metadata are inconsistent.
     """
-    entries = compressed_entries(model)
+    entries = _entries(model)
     by_name = {node.name: (graph, node) for graph in _graphs(model) for node in graph if node.name}
     for name, entry in entries.items():
         try:
@@ -141,10 +141,17 @@ def _dense_provenance(model: ir.Model) -> None:
     model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
 
 
+def _entries(model: ir.Model) -> dict[str, dict]:
+    try:
+        return compressed_entries(model)
+    except ValueError as error:
+        raise BadInput(f"cannot read the compressed weights: {error}") from None
+
+
 def _growth(model: ir.Model) -> int:
     """Bytes the model's tensors gain when every compressed weight is expanded."""
     growth = 0
-    for name, entry in compressed_entries(model).items():
+    for name, entry in _entries(model).items():
         stored = stored_bytes(model, entry)
         if stored < 0:
             raise BadInput(f"cannot read the compressed weights: tensors of '{name}' are missing")

@@ -231,6 +231,36 @@ def test_expand_streams_to_a_side_file_when_the_dense_model_would_be_too_large(m
     assert all(a[n].tobytes() == b[n].tobytes() and a[n].dtype == b[n].dtype for n in a)
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("{not json", "is not a JSON object"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"format": "compressed", "format_version": 99, "tensors": {}}', "format version 99"),
+        ('{"format": "compressed", "format_version": 1, "tensors": {"fc0.weight": {"axis": 0}}}', "lacks shape"),
+        ('{"format": "compressed", "format_version": 1, "tensors": []}', "no 'tensors' object"),
+    ],
+)
+def test_damaged_format_metadata_is_bad_input(models_dir, tmp_path, capsys, damage, message):
+    # Without readable metadata the weights hide behind decompression subgraphs: check must
+    # not pass the model vacuously, nor expand copy it as if nothing were compressed.
+    compressed, damaged = tmp_path / "c.onnx", tmp_path / "d.onnx"
+    args = [str(models_dir / "mlp.onnx"), str(compressed), "-q", "--no-validate", "--format", "compressed"]
+    assert optimize_main(args) == 0
+    proto = onnx.load(str(compressed))
+    for prop in proto.metadata_props:
+        if prop.key == "sparse24":
+            prop.value = damage
+    onnx.save(proto, damaged)
+    capsys.readouterr()
+    assert check_main([str(damaged)]) == 2
+    assert expand_main([str(damaged), str(tmp_path / "e.onnx")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2
+    assert all(message in line for line in errors), errors
+    assert not (tmp_path / "e.onnx").exists()
+
+
 def test_expand_of_a_model_with_nothing_compressed_and_bad_input(models_dir, tmp_path):
     out = tmp_path / "copy.onnx"
     result = subprocess.run(
