@@ -392,6 +392,8 @@ def compressed_entries(model: ir.Model) -> dict[str, dict]:
     tensors = entry.get("tensors")
     if not isinstance(tensors, dict):
         raise ValueError(f"metadata_props['{PROVENANCE_KEY}'] has no 'tensors' object")
+    # Pruned weights the format could not hold (a model below opset 9) say "storage": "dense".
+    tensors = {k: v for k, v in tensors.items() if not (isinstance(v, dict) and v.get("storage") == "dense")}
     for name, weight in tensors.items():
         missing = [key for key in _ENTRY_KEYS if not isinstance(weight, dict) or key not in weight]
         if missing:

@@ -134,6 +134,10 @@ def test_old_opsets_keep_dense_storage_with_reason(models_dir, tmp_path, externa
     assert optimize_main([str(models_dir / "opset7.onnx"), str(dense), "-q", "--no-validate"]) == 0
     a, b = all_tensors(out), all_tensors(dense)
     assert all(a[n].tobytes() == b[n].tobytes() for n in b)
+    # check and expand read such a model: nothing is compressed, every weight is 2:4.
+    assert check_main([str(out)]) == 0
+    assert expand_main([str(out), str(tmp_path / "e.onnx"), "-q"]) == 0
+    assert all(all_tensors(tmp_path / "e.onnx")[n].tobytes() == b[n].tobytes() for n in b)
     tensors = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     for entry in tensors.values():
         assert entry["status"] == "pruned"
