@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from .errors import BadInput
@@ -71,6 +72,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise BadInput(f"{path}: cannot read ({error.strerror or error})") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
+    where = _first_invalid_text(proto)
+    if where:
+        raise BadInput(f"{path}: not a valid ONNX model: {where} holds text that is not UTF-8 (damaged file?)")
     if check:
         try:
             # The bytes already read go to the C++ checker as they are (no second read,
@@ -78,6 +82,8 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             onnx.checker.check_model(str(path) if _uses_external_data(proto) else data)
         except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
             raise BadInput(f"{path}: the ONNX checker rejects the model: {_first_line(error)}") from None
+        except UnicodeDecodeError:  # the checker's own message quotes bytes of the file that are not text
+            raise BadInput(f"{path}: the ONNX checker rejects the model (its message is not readable text)") from None
     del data
     try:
         model = ir.serde.deserialize_model(proto)
@@ -121,6 +127,36 @@ def _check_external_extents(model: ir.Model) -> None:
                 f"{where}: external data ends early: tensor '{tensor.name}' needs bytes up to {end}, "
                 f"the file has {sizes[where]}"
             )
+
+
+def _first_invalid_text(message, where: str = "") -> str | None:
+    """The first string field (as ``graph.node.doc_string``) whose bytes are not UTF-8, or None.
+
+    ONNX strings are UTF-8; protobuf hands back the bytes of one that is not, which
+    cannot be written again.  Only string and message fields are read (never a
+    tensor's data, which reading through protobuf would copy).
+    """
+    for field in message.DESCRIPTOR.fields:
+        if field.type == _STRING:
+            values = getattr(message, field.name) if field.is_repeated else [getattr(message, field.name)]
+            if any(isinstance(value, bytes) for value in values):
+                return where + field.name
+        elif field.type == _MESSAGE:
+            if field.is_repeated:
+                children = getattr(message, field.name)
+            elif message.HasField(field.name):
+                children = [getattr(message, field.name)]
+            else:
+                continue
+            for child in children:
+                found = _first_invalid_text(child, f"{where}{field.name}.")
+                if found:
+                    return found
+    return None
+
+
+_STRING = FieldDescriptor.TYPE_STRING
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
 
 
 def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:

@@ -20,6 +20,8 @@ from onnx import numpy_helper
 from sparse24_onnx.core import decompress, is_24, prune_24_magnitude
 from sparse24_onnx.optimize import main
 
+from .helpers import error_lines
+
 EXPECTED_AXES = {
     "mlp.onnx": {"fc0.weight": 0, "fc1.weight": 0, "fc2.weight": 0},
     "mlp_fp16.onnx": {"fc0.weight": 0, "fc1.weight": 0, "fc2.weight": 0},
@@ -287,6 +289,28 @@ def test_nothing_to_prune(tmp_path):
     assert result.returncode == 0
     assert "nothing to prune" in result.stdout
     assert (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("module", ["optimize", "check", "expand"])
+def test_text_that_is_not_utf8_is_bad_input(models_dir, tmp_path, module):
+    # A damaged string field parses (protobuf keeps its bytes) but could never be written back.
+    data = (models_dir / "mlp.onnx").read_bytes()
+    assert data.count(b"layer 2 product") == 1
+    (tmp_path / "bad.onnx").write_bytes(data.replace(b"layer 2 product", b"layer 2 produc\xce"))
+    args = {"check": ["bad.onnx"], "expand": ["bad.onnx", "out.onnx"]}.get(module, ["bad.onnx", "out.onnx", "-q"])
+    result = subprocess.run(
+        [sys.executable, "-m", f"sparse24_onnx.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [
+        f"sparse24_onnx.{module}: error: bad.onnx: not a valid ONNX model: "
+        "graph.node.doc_string holds text that is not UTF-8 (damaged file?)"
+    ]
+    assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.parametrize(
