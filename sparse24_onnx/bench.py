@@ -83,10 +83,12 @@ def sparse_layers(model_path: str | Path) -> list[Layer]:
 
     model = load_model(model_path)
     layers = []
-    for name, sparse in read_sparse_weights(model).items():
-        if len(sparse.shape) == 2:
-            op = "compressed"
-            layers.append(Layer(name, op, np.moveaxis(decompress(sparse), sparse.axis, 1)))
+    try:
+        for name, sparse in read_sparse_weights(model).items():
+            if len(sparse.shape) == 2:
+                layers.append(Layer(name, "compressed", np.moveaxis(decompress(sparse), sparse.axis, 1)))
+    except ValueError as error:
+        raise BadInput(f"{model_path}: cannot read the compressed weights: {error}") from None
     for record in FindWeights(tc_shapes="off")(model).weights:
         if record.axis is None or len(record.shape) != 2 or record.source is None:
             continue

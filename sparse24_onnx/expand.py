@@ -77,9 +77,9 @@ def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.Tensor
     for name, entry in entries.items():
         try:
             sparse = read_sparse_weight(model, name, entry)
+            dense = decompress(sparse)
         except ValueError as error:
-            raise BadInput(f"cannot read the compressed weights: {error}") from None
-        dense = decompress(sparse)
+            raise BadInput(f"cannot read the compressed weights: '{name}': {error}") from None
         del sparse  # its values may map the input's side file
         found = [by_name[n] for n in entry.get("nodes", []) if n in by_name]
         if not found or len(found) != len(entry.get("nodes", [])):

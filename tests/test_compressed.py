@@ -265,6 +265,24 @@ def test_damaged_format_metadata_is_bad_input(models_dir, tmp_path, capsys, dama
     assert not (tmp_path / "e.onnx").exists()
 
 
+def test_invalid_position_codes_fail_check_and_expand(models_dir, tmp_path, capsys):
+    # Code 0 would put both kept values in slot 0: no dense tensor matches it.
+    compressed, damaged = tmp_path / "c.onnx", tmp_path / "d.onnx"
+    args = [str(models_dir / "mlp.onnx"), str(compressed), "-q", "--no-validate", "--format", "compressed"]
+    assert optimize_main(args) == 0
+    proto = onnx.load(str(compressed))
+    metadata = next(t for t in proto.graph.initializer if t.name == "fc0.weight.sparse24_metadata")
+    metadata.raw_data = bytes(len(metadata.raw_data))
+    onnx.save(proto, damaged)
+    capsys.readouterr()
+    assert check_main([str(damaged), "-q"]) == 1
+    assert expand_main([str(damaged), str(tmp_path / "e.onnx")]) == 2
+    assert "groups have an invalid position code" in capsys.readouterr().err
+    assert not (tmp_path / "e.onnx").exists()
+    with pytest.raises(ValueError, match="invalid position code"):
+        decompress(read_sparse_weights(load_model(damaged))["fc0.weight"])
+
+
 def test_expand_of_a_model_with_nothing_compressed_and_bad_input(models_dir, tmp_path):
     out = tmp_path / "copy.onnx"
     result = subprocess.run(

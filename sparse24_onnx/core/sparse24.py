@@ -469,8 +469,15 @@ def decompress(sparse: Sparse24Tensor) -> np.ndarray:
     """The dense pruned tensor: kept values in place, zeros elsewhere.
 
     Exact inverse of the compression done by :func:`prune_24`.
+
+    Raises:
+        ValueError: Some group's code is not ``p0 | p1 << 2`` with ``p0 < p1``
+            (damaged metadata, which no dense tensor matches).
     """
     codes = sparse.codes()
+    invalid = int(np.count_nonzero(_CODE_TO_MASK[codes] == 0))
+    if invalid:
+        raise ValueError(f"{invalid} of {sparse.num_groups} groups have an invalid position code (p0 < p1 needed)")
     pre, groups, post = codes.shape
     rows = pre * groups
     codes = codes.reshape(rows, post)
