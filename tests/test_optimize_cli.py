@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -20,7 +19,7 @@ from onnx import numpy_helper
 from sparse24_onnx.core import decompress, is_24, prune_24_magnitude
 from sparse24_onnx.optimize import main
 
-from .helpers import error_lines
+from .helpers import digest, error_lines
 
 EXPECTED_AXES = {
     "mlp.onnx": {"fc0.weight": 0, "fc1.weight": 0, "fc2.weight": 0},
@@ -47,10 +46,6 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess:
 
 def initializers(path: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ort_outputs(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
