@@ -56,12 +56,13 @@ __all__ = [
     "FORMAT_VERSION",
     "MIN_OPSET",
     "CompressedWeight",
+    "InitializerEdits",
     "compress_record",
     "compressed_entries",
     "read_sparse_weight",
     "read_sparse_weights",
-    "replace_initializer",
     "stored_bytes",
+    "stored_tensors",
 ]
 
 FORMAT_VERSION = 1
@@ -254,16 +255,37 @@ def _all_names(model: ir.Model) -> set[str]:
     return names
 
 
-def replace_initializer(graph: ir.Graph, name: str, replacements: list[ir.Value]) -> None:
-    """Put ``replacements`` where initializer ``name`` was, keeping the order of the others."""
-    order = list(graph.initializers.values())
-    graph.initializers.clear()
-    for value in order:
-        if value.name == name:
-            for replacement in replacements:
-                graph.register_initializer(replacement)
-        else:
+class InitializerEdits:
+    """Replaces initializers one by one, then puts the replacements where the originals were.
+
+    Each :meth:`replace` is a constant-time swap (the replacements go last);
+    :meth:`finish` restores the order with one rebuild per graph touched.
+    (Rebuilding at every replacement made compressing or expanding n weights
+    take time quadratic in n.)
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[int, tuple[ir.Graph, list[str], dict[str, list[str]]]] = {}
+
+    def replace(self, graph: ir.Graph, name: str, replacements: list[ir.Value]) -> None:
+        """Unregister initializer ``name`` and register ``replacements`` in its stead."""
+        _, _, replaced = self._graphs.setdefault(id(graph), (graph, list(graph.initializers), {}))
+        del graph.initializers[name]
+        for value in replacements:
             graph.register_initializer(value)
+        replaced[name] = [value.name for value in replacements]
+
+    def finish(self) -> None:
+        """Restore the initializers' order: each replacement where its original was."""
+        for graph, before, replaced in self._graphs.values():
+            current = dict(graph.initializers)
+            order = [new for old in before for new in replaced.get(old, [old])]
+            order += [name for name in current if name not in set(order)]
+            graph.initializers.clear()
+            for name in order:
+                if name in current:
+                    graph.register_initializer(current[name])
+        self._graphs.clear()
 
 
 def compress_record(
@@ -272,6 +294,7 @@ def compress_record(
     taken: set[str] | None = None,
     store: Callable[[ir.TensorProtocol], ir.TensorProtocol] | None = None,
     contexts: dict[int, GraphContext] | None = None,
+    edits: InitializerEdits | None = None,
 ) -> CompressedWeight | str:
     """Replace a pruned weight by values, metadata and its decompression subgraph.
 
@@ -283,6 +306,8 @@ def compress_record(
             by default they stay in memory.
         contexts: Per-graph state shared by the weights of one model (where new
             nodes go, the shared constants); keep one dict for a whole model.
+        edits: Collects the initializer replacements of many weights, for the caller
+            to :meth:`~InitializerEdits.finish`; by default they are finished at once.
 
     Returns:
         What was written, or the reason the weight was left dense (one line).
@@ -321,7 +346,11 @@ def compress_record(
     old.replace_all_uses_with(output)
     _insert(owner, context.top, builder.shared)
     if isinstance(source, InitializerSource):
-        replace_initializer(owner, old.name, [values, metadata])
+        own_edits = edits is None
+        edits = InitializerEdits() if own_edits else edits
+        edits.replace(owner, old.name, [values, metadata])
+        if own_edits:
+            edits.finish()
         _insert(owner, context.top, builder.nodes)
     else:
         owner.insert_before(source.node, builder.nodes)
@@ -414,17 +443,23 @@ def _has_decompression_nodes(model: ir.Model) -> bool:
     )
 
 
-def _find_tensor(model: ir.Model, name: str) -> ir.TensorProtocol | None:
+def stored_tensors(model: ir.Model) -> dict[str, ir.TensorProtocol]:
+    """Every tensor the model holds by name: initializers and ``Constant`` node values, all graphs.
+
+    One pass over the model; look weights' values and metadata up here rather than
+    scanning the model for each (which made reading many weights quadratic).
+    """
+    found: dict[str, ir.TensorProtocol] = {}
     for graph in [*model.graphs(), *model.functions.values()]:
-        value = getattr(graph, "initializers", {}).get(name)
-        if value is not None and value.const_value is not None:
-            return value.const_value
         for node in graph:
-            if node.op_type == "Constant" and node.outputs and node.outputs[0].name == name:
+            if node.op_type == "Constant" and node.outputs and node.outputs[0].name:
                 attribute = node.attributes.get("value")
                 if attribute is not None:
-                    return attribute.value
-    return None
+                    found.setdefault(node.outputs[0].name, attribute.value)
+        for value in getattr(graph, "initializers", {}).values():
+            if value.const_value is not None and value.name:
+                found[value.name] = value.const_value  # an initializer wins over a Constant of its name
+    return found
 
 
 def read_sparse_weights(model: ir.Model) -> dict[str, Sparse24Tensor]:
@@ -436,11 +471,21 @@ def read_sparse_weights(model: ir.Model) -> dict[str, Sparse24Tensor]:
     Raises:
         ValueError: The metadata names a tensor that is missing or has the wrong shape.
     """
-    return {name: read_sparse_weight(model, name, entry) for name, entry in compressed_entries(model).items()}
+    tensors = stored_tensors(model)
+    return {
+        name: read_sparse_weight(model, name, entry, tensors=tensors)
+        for name, entry in compressed_entries(model).items()
+    }
 
 
-def read_sparse_weight(model: ir.Model, name: str, entry: dict | None = None) -> Sparse24Tensor:
-    """One compressed weight as a :class:`Sparse24Tensor` (``entry``: its metadata entry, if at hand).
+def read_sparse_weight(
+    model: ir.Model, name: str, entry: dict | None = None, *, tensors: dict[str, ir.TensorProtocol] | None = None
+) -> Sparse24Tensor:
+    """One compressed weight as a :class:`Sparse24Tensor`.
+
+    Args:
+        entry: Its metadata entry, if at hand.
+        tensors: :func:`stored_tensors` of the model, when reading many weights.
 
     Raises:
         ValueError: The weight is not compressed, or its tensors are missing or have the wrong shape.
@@ -449,8 +494,8 @@ def read_sparse_weight(model: ir.Model, name: str, entry: dict | None = None) ->
         entry = compressed_entries(model).get(name)
         if entry is None:
             raise ValueError(f"'{name}' is not a compressed weight of this model")
-    values = _find_tensor(model, entry["values"])
-    metadata = _find_tensor(model, entry["metadata"])
+    tensors = stored_tensors(model) if tensors is None else tensors
+    values, metadata = tensors.get(entry["values"]), tensors.get(entry["metadata"])
     if values is None or metadata is None:
         raise ValueError(f"compressed weight '{name}': tensor '{entry['values']}' or '{entry['metadata']}' missing")
     return Sparse24Tensor(
@@ -461,7 +506,7 @@ def read_sparse_weight(model: ir.Model, name: str, entry: dict | None = None) ->
     )
 
 
-def stored_bytes(model: ir.Model, entry: dict) -> int:
-    """Bytes a compressed weight takes in the model now (values + metadata) and ``-1`` if one is missing."""
-    tensors = [_find_tensor(model, entry["values"]), _find_tensor(model, entry["metadata"])]
-    return -1 if None in tensors else sum(t.nbytes for t in tensors)
+def stored_bytes(entry: dict, tensors: dict[str, ir.TensorProtocol]) -> int:
+    """Bytes a compressed weight takes now (values + metadata; ``tensors``: :func:`stored_tensors`), -1 if missing."""
+    parts = [tensors.get(entry["values"]), tensors.get(entry["metadata"])]
+    return -1 if None in parts else sum(t.nbytes for t in parts)

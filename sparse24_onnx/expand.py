@@ -24,7 +24,14 @@ import onnx_ir as ir
 
 from . import __version__
 from .cli import ArgumentParser, run_main
-from .compressed import NODE_PREFIX, compressed_entries, read_sparse_weight, replace_initializer, stored_bytes
+from .compressed import (
+    NODE_PREFIX,
+    InitializerEdits,
+    compressed_entries,
+    read_sparse_weight,
+    stored_bytes,
+    stored_tensors,
+)
 from .core import decompress
 from .errors import BadInput, ExitCode
 from .model_io import (
@@ -74,13 +81,17 @@ def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.Tensor
     """
     entries = _entries(model)
     by_name = {node.name: (graph, node) for graph in _graphs(model) for node in graph if node.name}
+    tensors = stored_tensors(model)  # read once: the weights not yet expanded keep theirs
+    edits = InitializerEdits()
     for name, entry in entries.items():
         try:
-            sparse = read_sparse_weight(model, name, entry)
+            sparse = read_sparse_weight(model, name, entry, tensors=tensors)
             dense = decompress(sparse)
         except ValueError as error:
             raise BadInput(f"cannot read the compressed weights: '{name}': {error}") from None
-        del sparse  # its values may map the input's side file
+        del sparse  # its values may map the input's side file: let them go
+        tensors.pop(entry["values"], None)
+        tensors.pop(entry["metadata"], None)
         found = [by_name[n] for n in entry.get("nodes", []) if n in by_name]
         if not found or len(found) != len(entry.get("nodes", [])):
             raise BadInput(f"compressed weight '{name}': its decompression nodes are not all in the model")
@@ -99,11 +110,11 @@ def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.Tensor
             restored.const_value = ir.Tensor(dense, dtype=initializers[values_name].const_value.dtype, name=name)
             if store:
                 restored.const_value = store(restored.const_value)
-            replace_initializer(graph, values_name, [restored])
+            edits.replace(graph, values_name, [restored])
             del graph.initializers[metadata_name]
         else:
-            values_node = next((n for n in graph if n.op_type == "Constant" and n.name == values_name), None)
-            if values_node is None:
+            values_node = by_name.get(values_name, (None, None))[1]
+            if values_node is None or values_node.op_type != "Constant":
                 raise BadInput(f"compressed weight '{name}': values tensor '{values_name}' not found")
             dtype = values_node.attributes["value"].value.dtype
             node_name = entry.get("constant_node") or name
@@ -114,6 +125,7 @@ def expand_model(model: ir.Model, store: Callable[[ir.TensorProtocol], ir.Tensor
                 graph.remove(node, safe=True)
             constant.outputs[0].name = name
         del dense
+    edits.finish()
     _drop_unused_shared_constants(model)
     _dense_provenance(model)
     return list(entries)
@@ -151,8 +163,9 @@ def _entries(model: ir.Model) -> dict[str, dict]:
 def _growth(model: ir.Model) -> int:
     """Bytes the model's tensors gain when every compressed weight is expanded."""
     growth = 0
+    tensors = stored_tensors(model)
     for name, entry in _entries(model).items():
-        stored = stored_bytes(model, entry)
+        stored = stored_bytes(entry, tensors)
         if stored < 0:
             raise BadInput(f"cannot read the compressed weights: tensors of '{name}' are missing")
         dense = int(np.prod(entry["shape"], dtype=np.int64)) * int(ir.DataType[entry["dtype"]].itemsize)

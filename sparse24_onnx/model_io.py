@@ -136,27 +136,36 @@ def _first_invalid_text(message, where: str = "") -> str | None:
     cannot be written again.  Only string and message fields are read (never a
     tensor's data, which reading through protobuf would copy).
     """
-    for field in message.DESCRIPTOR.fields:
-        if field.type == _STRING:
-            values = getattr(message, field.name) if field.is_repeated else [getattr(message, field.name)]
-            if any(isinstance(value, bytes) for value in values):
-                return where + field.name
-        elif field.type == _MESSAGE:
-            if field.is_repeated:
-                children = getattr(message, field.name)
-            elif message.HasField(field.name):
-                children = [getattr(message, field.name)]
-            else:
-                continue
-            for child in children:
-                found = _first_invalid_text(child, f"{where}{field.name}.")
-                if found:
-                    return found
+    strings, messages = _text_fields(message.DESCRIPTOR)
+    for name, repeated in strings:
+        value = getattr(message, name)
+        if (bytes in map(type, value)) if repeated else type(value) is bytes:
+            return where + name
+    for name, repeated in messages:
+        if repeated:
+            children = getattr(message, name)
+        elif message.HasField(name):
+            children = (getattr(message, name),)
+        else:
+            continue
+        for child in children:
+            found = _first_invalid_text(child, f"{where}{name}.")
+            if found:
+                return found
     return None
 
 
-_STRING = FieldDescriptor.TYPE_STRING
-_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_TEXT_FIELDS: dict = {}
+
+
+def _text_fields(descriptor) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    """(string fields, message fields) of a message type, each as (name, repeated); cached per type."""
+    found = _TEXT_FIELDS.get(descriptor)
+    if found is None:
+        strings = [(f.name, f.is_repeated) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING]
+        messages = [(f.name, f.is_repeated) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE]
+        found = _TEXT_FIELDS[descriptor] = (strings, messages)
+    return found
 
 
 def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ..compressed import _all_names, compress_record
+from ..compressed import InitializerEdits, _all_names, compress_record
 from ..weights import Status, weight_records
 from .base import InPlacePass, PassResult
 from .prune_weights import InMemory, TensorSink
@@ -30,10 +30,11 @@ class CompressWeights(InPlacePass):
         pruned = [r for r in weight_records(model) if r.status == Status.PRUNED]
         taken = _all_names(model)
         contexts: dict = {}
+        edits = InitializerEdits()
         changed = []
         for record in pruned:
             tensor = record.source.tensor
-            result = compress_record(model, record, taken, store=self.sink.store, contexts=contexts)
+            result = compress_record(model, record, taken, store=self.sink.store, contexts=contexts, edits=edits)
             if isinstance(tensor, ir.ExternalTensor):
                 tensor.release()  # unmap the pruned weight (a scratch file): one weight in memory at a time
             if isinstance(result, str):
@@ -42,4 +43,5 @@ class CompressWeights(InPlacePass):
             record.storage = "compressed"
             record.compressed = result
             changed.append(record)
+        edits.finish()
         return PassResult(model, modified=bool(changed), weights=changed)
