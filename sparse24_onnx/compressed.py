@@ -280,7 +280,8 @@ class InitializerEdits:
         for graph, before, replaced in self._graphs.values():
             current = dict(graph.initializers)
             order = [new for old in before for new in replaced.get(old, [old])]
-            order += [name for name in current if name not in set(order)]
+            placed = set(order)
+            order += [name for name in current if name not in placed]
             graph.initializers.clear()
             for name in order:
                 if name in current:
