@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -21,11 +23,31 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(ExitCode.BAD_INPUT)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a CI job's time limit, say): unwinds like Ctrl-C so staged files are removed."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a command's body; turn errors into one stderr line and an exit code.
 
-    Set ``SPARSE24_DEBUG=1`` to see the traceback of an unexpected error.
+    Ctrl-C (exit code 130) and SIGTERM (143) unwind the body, so that a half-written
+    OUT and its staging folder are removed rather than left behind.  Set
+    ``SPARSE24_DEBUG=1`` to see the traceback of an unexpected error.
     """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _run_body(prog, body)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run_body(prog: str, body: Callable[[], int]) -> int:
     try:
         return int(body())
     except Sparse24Error as error:
@@ -34,6 +56,9 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated\n")
+        return 143
     except MemoryError:
         sys.stderr.write(f"{prog}: error: out of memory\n")
         return int(ExitCode.INTERNAL_ERROR)

@@ -430,3 +430,30 @@ def test_report_to_a_pipe_or_stdout_is_written_not_replaced(model, tmp_path):
     result = cli(model, tmp_path / "out3.onnx", "--no-validate", "--report", tmp_path)
     assert result.returncode == 2
     assert "is a directory" in result.stderr
+
+
+def test_sigterm_removes_the_staged_output(tmp_path):
+    # A CI job's time limit sends SIGTERM: the half-written OUT must not be left behind.
+    # (In a child process: were the handler missing, SIGTERM would end the test run.)
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+from sparse24_onnx.cli import run_main
+from sparse24_onnx.model_io import StagedOutput
+
+before = signal.getsignal(signal.SIGTERM)
+
+def body():
+    with StagedOutput(Path({str(tmp_path / "out.onnx")!r}), external_data=True) as staged:
+        (staged.folder / "partial.bin").write_bytes(bytes(1000))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this at once
+    return 0
+
+code = run_main("sparse24_onnx.optimize", body)
+print(code, signal.getsignal(signal.SIGTERM) is before)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["143", "True"], result.stderr
+    assert result.stderr.strip() == "sparse24_onnx.optimize: terminated"
+    assert list(tmp_path.iterdir()) == []
