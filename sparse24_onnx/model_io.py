@@ -162,10 +162,16 @@ def _text_fields(descriptor) -> tuple[list[tuple[str, bool]], list[tuple[str, bo
     """(string fields, message fields) of a message type, each as (name, repeated); cached per type."""
     found = _TEXT_FIELDS.get(descriptor)
     if found is None:
-        strings = [(f.name, f.is_repeated) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING]
-        messages = [(f.name, f.is_repeated) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE]
+        strings = [(f.name, _repeated(f)) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING]
+        messages = [(f.name, _repeated(f)) for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE]
         found = _TEXT_FIELDS[descriptor] = (strings, messages)
     return found
+
+
+def _repeated(field) -> bool:
+    # protobuf 7 has only ``is_repeated``; protobuf before 5.29 only ``label``.
+    repeated = getattr(field, "is_repeated", None)
+    return field.label == FieldDescriptor.LABEL_REPEATED if repeated is None else bool(repeated)
 
 
 def _proto_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
