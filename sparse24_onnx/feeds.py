@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,9 +217,12 @@ def load_feeds(path: str | os.PathLike, specs: list[InputSpec], option: str = "-
 
 def _load_feed(file: Path, specs: list[InputSpec], option: str) -> Feed:
     try:
-        with np.load(file, allow_pickle=False) as data:
+        data = np.load(file, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise BadInput(f"{option} {file}: holds one unnamed array (.npy); save the inputs by name with numpy.savez")
+        with data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise BadInput(f"{option} {file}: not a readable .npz file ({error})") from None
     feed = {}
     for spec in specs:
@@ -239,5 +243,7 @@ def _load_feed(file: Path, specs: list[InputSpec], option: str) -> Feed:
             if array.dtype.kind != dtype.kind and not (array.dtype.kind in "iu" and dtype.kind in "iu"):
                 raise BadInput(f"{option} {file}: {spec.name!r} is {array.dtype}, the model takes {spec.type}")
             array = array.astype(dtype)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BadInput(f"{option} {file}: {spec.name!r} holds NaN or Inf, which make output errors meaningless")
         feed[spec.name] = array
     return feed

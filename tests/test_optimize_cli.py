@@ -353,6 +353,10 @@ def test_output_never_replaces_a_device_or_pipe(models_dir, tmp_path, module, ar
         ("model", ["model.onnx", "out.onnx", "--method", "gradient"], "needs --gradients"),
         ("model", ["model.onnx", "out.onnx", "--inputs", "wrong.npz"], "no array for input 'x'"),
         ("model", ["model.onnx", "out.onnx", "--inputs", "misshaped.npz"], "has shape [2, 3]"),
+        ("model", ["model.onnx", "out.onnx", "--inputs", "truncated.npz"], "not a readable .npz file"),
+        ("model", ["model.onnx", "out.onnx", "--inputs", "single.npy"], "holds one unnamed array (.npy)"),
+        ("model", ["model.onnx", "out.onnx", "--inputs", "nan.npz"], "holds NaN or Inf"),
+        ("model", ["model.onnx", "out.onnx", "--method", "wanda", "--calibration", "truncated.npz"], "--calibration"),
         ("model", ["model.onnx", "out.onnx", "--int-range", "5:1"], "LOW < HIGH"),
         ("model", ["model.onnx", "out.onnx", "--method", "sparse"], "invalid choice"),
         ("model", ["model.onnx", "out.onnx", "--no-validate", "--max-rel-error", "1"], "needs validation"),
@@ -371,6 +375,10 @@ def test_bad_input_is_one_line_and_exit_2(models_dir, tmp_path, setup, args, mes
         (tmp_path / "truncated.onnx").write_bytes(model.read_bytes()[:1000])
     np.savez(tmp_path / "wrong.npz", y=np.zeros((1, 64), np.float32))
     np.savez(tmp_path / "misshaped.npz", x=np.zeros((2, 3), np.float32))
+    np.savez(tmp_path / "nan.npz", x=np.full((1, 64), np.nan, np.float32))
+    np.save(tmp_path / "single.npy", np.zeros((1, 64), np.float32))
+    np.savez(tmp_path / "good.npz", x=np.zeros((1, 64), np.float32))
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:100])
     before = digest(model)
     result = subprocess.run(
         [sys.executable, "-m", "sparse24_onnx.optimize", *args],
