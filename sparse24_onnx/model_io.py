@@ -72,6 +72,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise BadInput(f"{path}: cannot read ({error.strerror or error})") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise BadInput(f"{path}: not an ONNX model (no graph or no IR version; truncated or another format?)")
+    sparse = [t.values.name for graph in _proto_graphs(proto) for t in graph.sparse_initializer]
+    if sparse:
+        raise BadInput(
+            f"{path}: holds sparse_initializer tensors ({', '.join(sparse[:3])}{', ...' if len(sparse) > 3 else ''}), "
+            "which this tool cannot carry through; store them as ordinary initializers first"
+        )
     where = _first_invalid_text(proto)
     if where:
         raise BadInput(f"{path}: not a valid ONNX model: {where} holds text that is not UTF-8 (damaged file?)")

@@ -136,6 +136,34 @@ def test_external_data_that_does_not_hold_the_tensor_is_bad_input(models_dir, tm
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("module", ["optimize", "check"])
+def test_sparse_initializers_are_refused_not_dropped(tmp_path, module):
+    # onnx-ir does not carry ONNX's sparse_initializer: the weight vanished from the output.
+    from onnx import TensorProto, helper, numpy_helper
+
+    dense = np.zeros((64, 32), np.float32)
+    dense[::3, ::2] = 1.0
+    index = np.flatnonzero(dense).astype(np.int64)
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(dense.reshape(-1)[index], "w"), numpy_helper.from_array(index, "w_index"), [64, 32]
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+    )
+    graph.sparse_initializer.append(sparse)
+    path = tmp_path / "sparse.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    args = [path] if module == "check" else [path, tmp_path / "out.onnx"]
+    result = run_module(module, *args)
+    assert result.returncode == 2, result.stderr
+    assert len(error_lines(result)) == 1
+    assert "holds sparse_initializer tensors (w)" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("module", ["optimize", "expand"])
 def test_out_may_not_be_the_inputs_side_file(models_dir, tmp_path, module):
     # The side file is part of the input: writing OUT over it would destroy the input's weights.
