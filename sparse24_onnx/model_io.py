@@ -78,6 +78,11 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
             f"{path}: holds sparse_initializer tensors ({', '.join(sparse[:3])}{', ...' if len(sparse) > 3 else ''}), "
             "which this tool cannot carry through; store them as ordinary initializers first"
         )
+    if len(proto.training_info):
+        raise BadInput(
+            f"{path}: holds training_info (training graphs), which this tool would drop from OUT; "
+            "remove it first (or prune the inference model)"
+        )
     where = _first_invalid_text(proto)
     if where:
         raise BadInput(f"{path}: not a valid ONNX model: {where} holds text that is not UTF-8 (damaged file?)")
@@ -94,7 +99,10 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
-        raise BadInput(f"{path}: cannot read the model's graph: {_first_line(error)}") from None
+        cause = error
+        while cause.__cause__ is not None:  # onnx-ir wraps the reason in a SerdeError per level
+            cause = cause.__cause__
+        raise BadInput(f"{path}: cannot read the model's graph: {_first_line(cause)}") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_extents(model)
     _forget_implied_initializer_types(model, proto)

@@ -164,6 +164,17 @@ def test_sparse_initializers_are_refused_not_dropped(tmp_path, module):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_training_info_is_refused_not_dropped(models_dir, tmp_path):
+    # onnx-ir does not carry training_info either; OUT would silently lose it.
+    model = onnx.load(str(models_dir / "mlp.onnx"))
+    model.training_info.add().initialization.name = "init"
+    onnx.save(model, tmp_path / "train.onnx")
+    result = run_module("optimize", tmp_path / "train.onnx", tmp_path / "out.onnx")
+    assert result.returncode == 2, result.stderr
+    assert "holds training_info" in error_lines(result)[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("module", ["optimize", "expand"])
 def test_out_may_not_be_the_inputs_side_file(models_dir, tmp_path, module):
     # The side file is part of the input: writing OUT over it would destroy the input's weights.
