@@ -147,8 +147,10 @@ def _dense_provenance(model: ir.Model) -> None:
         return
     entry["format"] = "dense"
     entry.pop("format_version", None)
+    # A dense-format entry is only the axis (also for weights the compressed route kept dense).
     entry["tensors"] = {
-        name: ({"axis": t["axis"]} if "values" in t else t) for name, t in entry.get("tensors", {}).items()
+        name: ({"axis": t["axis"]} if isinstance(t, dict) and "axis" in t else t)
+        for name, t in entry.get("tensors", {}).items()
     }
     model.metadata_props[PROVENANCE_KEY] = json.dumps(entry, sort_keys=True)
 
