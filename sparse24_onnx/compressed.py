@@ -50,6 +50,7 @@ import onnx_ir as ir
 
 from .core import Sparse24Tensor, decompress, prune_24
 from .metadata import PROVENANCE_KEY, read_provenance
+from .model_io import stored_tensors
 from .weights import InitializerSource, WeightRecord
 
 __all__ = [
@@ -61,8 +62,6 @@ __all__ = [
     "compressed_entries",
     "read_sparse_weight",
     "read_sparse_weights",
-    "stored_bytes",
-    "stored_tensors",
 ]
 
 FORMAT_VERSION = 1
@@ -444,25 +443,6 @@ def _has_decompression_nodes(model: ir.Model) -> bool:
     )
 
 
-def stored_tensors(model: ir.Model) -> dict[str, ir.TensorProtocol]:
-    """Every tensor the model holds by name: initializers and ``Constant`` node values, all graphs.
-
-    One pass over the model; look weights' values and metadata up here rather than
-    scanning the model for each (which made reading many weights quadratic).
-    """
-    found: dict[str, ir.TensorProtocol] = {}
-    for graph in [*model.graphs(), *model.functions.values()]:
-        for node in graph:
-            if node.op_type == "Constant" and node.outputs and node.outputs[0].name:
-                attribute = node.attributes.get("value")
-                if attribute is not None:
-                    found.setdefault(node.outputs[0].name, attribute.value)
-        for value in getattr(graph, "initializers", {}).values():
-            if value.const_value is not None and value.name:
-                found[value.name] = value.const_value  # an initializer wins over a Constant of its name
-    return found
-
-
 def read_sparse_weights(model: ir.Model) -> dict[str, Sparse24Tensor]:
     """Every compressed weight of a model as a :class:`Sparse24Tensor`, without running the graph.
 
@@ -505,9 +485,3 @@ def read_sparse_weight(
         shape=tuple(entry["shape"]),
         axis=int(entry["axis"]),
     )
-
-
-def stored_bytes(entry: dict, tensors: dict[str, ir.TensorProtocol]) -> int:
-    """Bytes a compressed weight takes now (values + metadata; ``tensors``: :func:`stored_tensors`), -1 if missing."""
-    parts = [tensors.get(entry["values"]), tensors.get(entry["metadata"])]
-    return -1 if None in parts else sum(t.nbytes for t in parts)

@@ -29,8 +29,6 @@ from .compressed import (
     InitializerEdits,
     compressed_entries,
     read_sparse_weight,
-    stored_bytes,
-    stored_tensors,
 )
 from .core import decompress
 from .errors import BadInput, ExitCode
@@ -40,6 +38,7 @@ from .model_io import (
     external_files,
     load_model,
     needs_external_data,
+    stored_tensors,
 )
 from .passes import PROVENANCE_KEY, read_provenance
 
@@ -167,9 +166,10 @@ def _growth(model: ir.Model) -> int:
     growth = 0
     tensors = stored_tensors(model)
     for name, entry in _entries(model).items():
-        stored = stored_bytes(entry, tensors)
-        if stored < 0:
+        parts = [tensors.get(entry["values"]), tensors.get(entry["metadata"])]
+        if None in parts:
             raise BadInput(f"cannot read the compressed weights: tensors of '{name}' are missing")
+        stored = sum(t.nbytes for t in parts)
         dense = int(np.prod(entry["shape"], dtype=np.int64)) * int(ir.DataType[entry["dtype"]].itemsize)
         growth += dense - stored
     return growth

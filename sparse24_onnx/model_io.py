@@ -38,6 +38,7 @@ __all__ = [
     "external_files",
     "load_model",
     "needs_external_data",
+    "stored_tensors",
 ]
 
 #: Serialised protobuf messages cannot exceed 2 GiB; stay clear of it.
@@ -112,15 +113,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
 def _check_external_extents(model: ir.Model) -> None:
     """Refuse external data that does not hold its tensors' bytes (the checker only sees that the file exists)."""
     sizes: dict[str, int] = {}
-    graphs = [*model.graphs(), *model.functions.values()]
-    constants = (
-        node.attributes["value"].value
-        for graph in graphs
-        for node in graph
-        if node.op_type == "Constant" and "value" in node.attributes
-    )
-    initializers = (v.const_value for g in model.graphs() for v in g.initializers.values())
-    for tensor in (*initializers, *constants):
+    for tensor in stored_tensors(model).values():
         if not isinstance(tensor, ir.ExternalTensor):
             continue
         where = tensor.path
@@ -141,6 +134,25 @@ def _check_external_extents(model: ir.Model) -> None:
                 f"{where}: external data ends early: tensor '{tensor.name}' needs bytes up to {end}, "
                 f"the file has {sizes[where]}"
             )
+
+
+def stored_tensors(model: ir.Model) -> dict[str, ir.TensorProtocol]:
+    """Every tensor the model holds by name: initializers and ``Constant`` node values, all graphs.
+
+    One pass over the model: look tensors up here rather than scanning the model for
+    each (which made reading many compressed weights quadratic).
+    """
+    found: dict[str, ir.TensorProtocol] = {}
+    for graph in [*model.graphs(), *model.functions.values()]:
+        for node in graph:
+            if node.op_type == "Constant" and node.outputs and node.outputs[0].name:
+                attribute = node.attributes.get("value")
+                if attribute is not None:
+                    found.setdefault(node.outputs[0].name, attribute.value)
+        for value in getattr(graph, "initializers", {}).values():
+            if value.const_value is not None and value.name:
+                found[value.name] = value.const_value  # an initializer wins over a Constant of its name
+    return found
 
 
 def _first_invalid_text(message, where: str = "") -> str | None:

@@ -62,6 +62,11 @@ for _p0 in range(GROUP):
 del _p0, _p1
 
 
+def _invalid_codes(codes: np.ndarray) -> int:
+    """How many 4-bit group codes are not ``p0 | p1 << 2`` with ``p0 < p1``."""
+    return int(np.count_nonzero(_CODE_TO_MASK[codes] == 0))
+
+
 def _is_float(dtype: np.dtype) -> bool:
     """True for IEEE-style binary floats, NumPy's own or ml_dtypes' bfloat16."""
     return dtype.kind == "f" or dtype.name == "bfloat16"
@@ -193,7 +198,7 @@ class Sparse24Tensor:
 
     def invalid_groups(self) -> int:
         """Groups whose code is not ``p0 | p1 << 2`` with ``p0 < p1`` (0 for a well-formed tensor)."""
-        return int(np.count_nonzero(_CODE_TO_MASK[self.codes()] == 0))
+        return _invalid_codes(self.codes())
 
     def codes(self) -> np.ndarray:
         """The 4-bit code of every group, shape ``(pre, G, post)``, ``uint8``."""
@@ -475,7 +480,7 @@ def decompress(sparse: Sparse24Tensor) -> np.ndarray:
             (damaged metadata, which no dense tensor matches).
     """
     codes = sparse.codes()
-    invalid = int(np.count_nonzero(_CODE_TO_MASK[codes] == 0))
+    invalid = _invalid_codes(codes)
     if invalid:
         raise ValueError(f"{invalid} of {sparse.num_groups} groups have an invalid position code (p0 < p1 needed)")
     pre, groups, post = codes.shape
