@@ -1,6 +1,6 @@
 """Peak memory on an external-data model stays far below the model's size, for every command.
 
-A 256 MiB model (8 layers of 2048 x 4096 fp32, 32 MiB each) in external data goes through
+A 256 MiB model (8 layers of 2896 x 2896 fp32, 32 MiB each) in external data goes through
 ``optimize`` (dense and compressed), ``expand`` and ``check``, each in its own process
 under ``benchmarks/peak_rss.py``.  Each may hold a few copies of one layer, never the
 model: the peak above that of ``check`` on a tiny model (the interpreter and imports)
@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+
+from models.build_models import square_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_MIB = 256
@@ -38,25 +38,9 @@ def peak_mib(*args: str | Path, cwd: Path, exit_code: int = 0) -> float:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, models_dir) -> Path:
-    """big.onnx (+ big.onnx.data): 8 MatMuls, weights alternately 4096 x 2048 and 2048 x 4096."""
+    """big.onnx (+ big.onnx.data): 8 MatMuls of 2896 x 2896 fp32 weights (32 MiB each)."""
     folder = tmp_path_factory.mktemp("memory")
-    layer = np.random.default_rng(0).standard_normal((4096, 2048), dtype=np.float32)
-    inits, nodes, x = [], [], "x"
-    for i in range(8):
-        weight = layer if i % 2 == 0 else layer.T
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(weight) * (1 + i / 8), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
-        x = f"h{i}"
-    nodes[-1].output[0] = "y"
-    graph = helper.make_graph(
-        nodes,
-        "big",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4096])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, folder / "big.onnx", save_as_external_data=True, location="big.onnx.data")
+    onnx.save(square_mlp(8, 2896), folder / "big.onnx", save_as_external_data=True, location="big.onnx.data")
     (folder / "tiny.onnx").write_bytes((models_dir / "mlp.onnx").read_bytes())
     return folder
 
