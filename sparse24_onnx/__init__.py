@@ -1,7 +1,69 @@
-"""sparse24-onnx: prune ONNX models to NVIDIA 2:4 structured sparsity."""
+"""sparse24-onnx: prune ONNX models to NVIDIA 2:4 structured sparsity.
+
+The pipeline as library calls (each also a ``sparse24`` subcommand)::
+
+    import sparse24_onnx
+
+    result = sparse24_onnx.prune_model("model.onnx", "model.sparse.onnx", max_rel_error=0.05)
+    print(result.verdict)                       # what was pruned, how far the outputs moved
+    result.report                               # the JSON report, as a dict
+    sparse24_onnx.check_model("model.sparse.onnx").passed
+
+Errors are exceptions: :class:`BadInput` (bad model, option or path),
+:class:`ValidationFailed` (the ``max_rel_error`` gate failed; ``.result`` holds
+the report).  The NumPy core (2:4 pruning of plain arrays) is
+:mod:`sparse24_onnx.core`.
+
+The names are imported on first use, so that ``sparse24 --help`` does not pay
+for onnx and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ._lazy_imports import defer_sympy
+from .errors import BadInput, ExitCode, MissingRuntime, Sparse24Error, ValidationFailed
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+__all__ = [
+    "BadInput",
+    "CheckResult",
+    "ExitCode",
+    "ExpandResult",
+    "MissingRuntime",
+    "PruneResult",
+    "Sparse24Error",
+    "ValidationFailed",
+    "__version__",
+    "check_model",
+    "expand_model",
+    "prune_model",
+]
+
+_LAZY = {
+    "prune_model": "pipeline.prune",
+    "PruneResult": "pipeline.prune",
+    "check_model": "pipeline.check",
+    "CheckResult": "pipeline.check",
+    "expand_model": "pipeline.expand",
+    "ExpandResult": "pipeline.expand",
+}
+
+if TYPE_CHECKING:
+    from .pipeline.check import CheckResult, check_model
+    from .pipeline.expand import ExpandResult, expand_model
+    from .pipeline.prune import PruneResult, prune_model
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 defer_sympy()

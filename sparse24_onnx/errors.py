@@ -1,21 +1,22 @@
-"""Exit codes and the errors that map to them.
+"""Exit codes and the exceptions that map to them.
 
-Every command of the tool turns a :class:`Sparse24Error` into one line on stderr
-and its exit code; nothing the user can cause ends in a traceback.
+The library raises these; every command turns a :class:`Sparse24Error` into
+one line on stderr and its exit code, so nothing the user can cause ends in a
+traceback.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["BadInput", "ExitCode", "Sparse24Error", "ValidationFailed"]
+__all__ = ["BadInput", "ExitCode", "MissingRuntime", "Sparse24Error", "ValidationFailed"]
 
 
 class ExitCode(enum.IntEnum):
     """Process exit codes shared by all commands (documented in README.md)."""
 
     OK = 0
-    #: ``optimize``: validation error above ``--max-rel-error``.
+    #: ``optimize``: validation error above ``--max-rel-error`` (or nothing witnessed); ``check``: not 2:4.
     FAILED_CHECK = 1
     #: Bad input or usage: unreadable or invalid model, bad option, unwritable output.
     BAD_INPUT = 2
@@ -38,6 +39,21 @@ class BadInput(Sparse24Error):
 
 
 class ValidationFailed(Sparse24Error):
-    """The pruned model's outputs moved more than the user allowed."""
+    """The pruned model's outputs moved more than the user allowed, or the validation witnessed nothing.
+
+    Attributes:
+        result: The run's result (``result.report`` is the full report, with
+            ``validation.passed`` false); OUT was not written.
+    """
 
     exit_code = ExitCode.FAILED_CHECK
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class MissingRuntime(Sparse24Error):
+    """A runtime a GPU benchmark needs (CUDA GPU, PyTorch, TensorRT) is not there."""
+
+    exit_code = ExitCode.MISSING_DEPENDENCY

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from . import __version__
 from .errors import BadInput
-from .validate import OutputComparison
-from .weights import Status, WeightRecord
+from .passes.weights import Status, WeightRecord
+from .validation.compare import OutputComparison
 
-__all__ = ["check_report_path", "format_table", "tensor_entry", "validation_entry", "write_json"]
+__all__ = ["check_report_path", "format_table", "tensor_entry", "write_json"]
 
 _METRIC_FIELDS = (
     "pruned_count",
@@ -49,25 +50,6 @@ def tensor_entry(record: WeightRecord) -> dict[str, object]:
     }
 
 
-def validation_entry(
-    comparisons: list[OutputComparison], *, feeds: int, source: str, bound: float | None
-) -> dict[str, object]:
-    """The report's ``validation`` object; ``passed`` is null when no bound was given."""
-    worst = max((c.rel_l2_error for c in comparisons), key=_nan_first, default=0.0)
-    return {
-        "feeds": feeds,
-        "source": source,
-        "max_rel_error": bound,
-        "worst_rel_l2_error": worst,
-        "passed": None if bound is None else bool(worst <= bound),
-        "outputs": [c.as_dict() for c in comparisons],
-    }
-
-
-def _nan_first(x: float) -> float:
-    return math.inf if math.isnan(x) else x
-
-
 def _finite_or_text(obj: object) -> object:
     """JSON has no NaN or infinity: write them as the strings "nan", "inf", "-inf"."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -80,22 +62,45 @@ def _finite_or_text(obj: object) -> object:
 
 
 def check_report_path(path: str | os.PathLike | None) -> None:
-    """Refuse a ``--report`` path whose folder does not exist, before any work is done."""
-    if path is not None and Path(path).is_dir():
+    """Refuse a ``--report`` path that cannot be written, before any work is done (``-`` is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
         raise BadInput(f"--report {path}: is a directory; give a file path")
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise BadInput(f"--report {path}: folder {Path(path).parent} does not exist")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise BadInput(f"--report {path}: folder {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        if not os.access(path, os.W_OK):
+            raise BadInput(f"--report {path}: cannot be written")
+        return  # a pipe or /dev/stdout: written to as it is
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"--report {path}: folder {path.parent} is not writable")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
-    """Write ``document`` (plus tool and version) as JSON to ``path``.
+    """Write ``document`` as JSON to ``path`` (``-``: stdout).
 
-    A file is replaced atomically (temp file + rename); a path that exists and is
-    not a regular file (``/dev/stdout``, a pipe) is written to as it is, never replaced.
+    A file is replaced atomically (temp file + rename) and gets the mode a new
+    file would (``0666`` less the umask), not the temp file's private ``0600``;
+    a path that exists and is not a regular file (``/dev/stdout``, a pipe) is
+    written to as it is, never replaced.
     """
-    path = Path(path)
-    document = {"tool": "sparse24-onnx", "version": __version__, **document}
+    if "tool" not in document:
+        document = {"tool": "sparse24-onnx", "version": __version__, **document}
     text = json.dumps(_finite_or_text(document), indent=2, allow_nan=False) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(path)
     if path.exists() and not path.is_file():
         with open(path, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -104,6 +109,7 @@ def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -112,6 +118,19 @@ def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
 
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+#: Longest reason shown in a table row; the report has it whole.
+REASON_WIDTH = 80
+
+
+def _shorten(text: str, width: int) -> str:
+    """The first ``width`` characters of a reason, cut at a word and marked with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;:(") + "…"
 
 
 def format_table(records: Iterable[WeightRecord], comparisons: list[OutputComparison] | None) -> str:
@@ -135,7 +154,7 @@ def format_table(records: Iterable[WeightRecord], comparisons: list[OutputCompar
                 f"{head}  {m.kept_magnitude_mean:>9.3g}  {m.pruned_magnitude_mean:>9.3g}  {m.approximation_error:>9.3g}"
             )
         else:
-            lines.append(f"{head}  {r.reason}".rstrip())
+            lines.append(f"{head}  {_shorten(r.reason, REASON_WIDTH)}".rstrip())
     if comparisons:
         out_width = max([len("output")] + [len(c.name) for c in comparisons])
         lines.append("")

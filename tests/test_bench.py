@@ -10,7 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sparse24_onnx.bench import (
+from sparse24_onnx.core import is_24
+from sparse24_onnx.gpu.harness import (
     Layer,
     LayerResult,
     Timing,
@@ -23,7 +24,6 @@ from sparse24_onnx.bench import (
     sparse_tactics,
     to_fp16_model,
 )
-from sparse24_onnx.core import is_24
 from sparse24_onnx.optimize import main as optimize_main
 
 from .helpers import all_tensors

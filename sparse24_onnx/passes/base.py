@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassBase
 from onnx_ir.passes import PassResult as _IRPassResult
 
-from ..weights import WeightRecord
+from .weights import WeightRecord
 
 __all__ = ["InPlacePass", "PassResult", "Pipeline", "PipelineResult"]
 

@@ -7,7 +7,8 @@ import re
 import onnx_ir as ir
 
 from ..errors import BadInput
-from ..weights import (
+from .base import InPlacePass, PassResult
+from .weights import (
     META_KEY,
     PRUNABLE_DTYPES,
     ConstantNodeSource,
@@ -16,7 +17,6 @@ from ..weights import (
     all_graphs,
     trace_uses,
 )
-from .base import InPlacePass, PassResult
 
 __all__ = ["TC_SHAPES", "FindWeights"]
 

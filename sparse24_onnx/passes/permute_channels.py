@@ -24,8 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core.permutation import search_permutation
-from ..weights import ConstantNodeSource, InitializerSource, Status, WeightRecord, weight_records
 from .base import InPlacePass, PassResult
+from .weights import ConstantNodeSource, InitializerSource, Status, WeightRecord, weight_records
 
 __all__ = ["PermuteChannels"]
 

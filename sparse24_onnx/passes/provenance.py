@@ -8,10 +8,10 @@ from typing import Any
 import onnx_ir as ir
 
 from .. import __version__
-from ..compressed import FORMAT_VERSION
-from ..metadata import PROVENANCE_KEY, read_provenance
-from ..weights import Status, weight_records
+from ..modelio.compressed import FORMAT_VERSION
+from ..modelio.provenance import PROVENANCE_KEY, read_provenance
 from .base import InPlacePass, PassResult
+from .weights import Status, weight_records
 
 __all__ = ["PROVENANCE_KEY", "RecordProvenance", "read_provenance"]
 

@@ -10,17 +10,36 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core import DenseMetrics
-from ..methods import PruneMethod
-from ..weights import Status, WeightRecord, weight_records
 from .base import InPlacePass, PassResult
+from .weights import Status, WeightRecord, weight_records
 
-__all__ = ["InMemory", "PruneWeights", "TensorSink"]
+__all__ = ["InMemory", "PruneMethod", "PruneWeights", "TensorSink"]
 
 #: ``progress(done, total, record)``, called before each weight is pruned.
 Progress = Callable[[int, int, WeightRecord], None]
 
 #: Size of the blocks a large external tensor is streamed in.
 BLOCK_BYTES = 64 << 20
+
+
+class PruneMethod(Protocol):
+    """What the prune pass needs from a method."""
+
+    #: Name recorded in the report and the model's provenance.
+    name: str
+    #: Whether kept values stay as they were (only the mask is chosen): faster metrics.
+    values_kept: bool
+    #: Whether any block of whole rows (along axis 0, in multiples of 4 when the
+    #: groups run along axis 0) can be pruned on its own: large external tensors
+    #: are then streamed block by block.
+    blockwise: bool
+
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it.
+
+        ``out``, when given, is a buffer of the weights' shape and dtype to write into.
+        """
+        ...
 
 
 class TensorSink(Protocol):

@@ -1,7 +1,6 @@
-"""Validation: run the original and the pruned model in onnxruntime and compare outputs.
+"""How far the pruned model's outputs moved from the original's, on the same feeds.
 
-Each model is loaded into onnxruntime once, by path (so external data works),
-and run on the same feeds.  Per output, over all feeds together:
+Per output, over all feeds together:
 
 * ``max_abs_error``: ``max |y' - y|``
 * ``rel_l2_error``: ``||y' - y|| / ||y||`` (0 when both are zero, inf when only ``y`` is)
@@ -16,51 +15,11 @@ changed makes the error non-finite, which fails a bound.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import BadInput
-
-__all__ = ["OutputComparison", "compare_runs", "open_session", "run_feeds"]
-
-
-def open_session(path: str | os.PathLike, *, role: str):
-    """An onnxruntime CPU session for the model at ``path``.
-
-    Args:
-        role: ``"input"`` or ``"output"``: a model the user gave that onnxruntime
-            cannot load is bad input (exit 2); a pruned model that it cannot load
-            is a bug and raised as ``RuntimeError``.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: keep the tool's output readable
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:
-        reason = " ".join(str(error).split())
-        if len(reason) > 300:
-            reason = reason[:300] + "..."
-        if role == "input":
-            raise BadInput(
-                f"{path}: onnxruntime cannot load the model ({reason}); "
-                "pass --no-validate to prune it without validation"
-            ) from None
-        raise RuntimeError(f"onnxruntime cannot load the pruned model: {reason}") from None
-
-
-def run_feeds(session, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    """Outputs of ``session`` for every feed, in ``session.get_outputs()`` order."""
-    try:
-        return [session.run(None, feed) for feed in feeds]
-    except Exception as error:
-        reason = " ".join(str(error).split())[:300]
-        raise BadInput(
-            f"onnxruntime cannot run the model on the given inputs ({reason}); check --inputs/--shape"
-        ) from None
+__all__ = ["OutputComparison", "compare_runs", "worst_error"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +80,11 @@ def compare_runs(
             cosine = 1.0 if ref_sq == cand_sq == 0 else 0.0
         comparisons.append(OutputComparison(name, max_abs, rel, cosine))
     return comparisons
+
+
+def worst_error(comparisons: list[OutputComparison]) -> float:
+    """The largest relative L2 error of any output (NaN if any is NaN; 0 when there is none)."""
+    values = [c.rel_l2_error for c in comparisons]
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return max(values, default=0.0)

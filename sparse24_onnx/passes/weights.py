@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from .core import PruneMetrics
+from ..core import PruneMetrics
 
 __all__ = [
     "PRUNABLE_DTYPES",

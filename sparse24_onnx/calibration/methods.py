@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 
-from .calibration import LayerStats
-from .core import gradient_importance, prune_24_dense
-from .core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
-from .errors import BadInput
-from .weights import WeightRecord
+from ..core import gradient_importance, prune_24_dense
+from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
+from ..errors import BadInput
+from ..passes.prune_weights import PruneMethod
+from ..passes.weights import WeightRecord
+from .capture import LayerStats
 
 __all__ = [
     "GradientMethod",
@@ -29,26 +29,6 @@ __all__ = [
     "WandaMethod",
     "load_gradients",
 ]
-
-
-class PruneMethod(Protocol):
-    """What the prune pass needs from a method."""
-
-    #: Name recorded in the report and the model's provenance.
-    name: str
-    #: Whether kept values stay as they were (only the mask is chosen): faster metrics.
-    values_kept: bool
-    #: Whether any block of whole rows (along axis 0, in multiples of 4 when the
-    #: groups run along axis 0) can be pruned on its own: large external tensors
-    #: are then streamed block by block.
-    blockwise: bool
-
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
-        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it.
-
-        ``out``, when given, is a buffer of the weights' shape and dtype to write into.
-        """
-        ...
 
 
 class MagnitudeMethod:
@@ -278,7 +258,7 @@ class SequentialMethod:
         self.refit = refit
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
-        from .calibration import collect_stats
+        from .capture import collect_stats
 
         stats = collect_stats(self.model, [record], self.feeds, hessian=self.name == "sparsegpt" or self.refit)
         if self.name == "wanda":

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .model_writer import write_embedded
-from .validate import open_session, run_feeds
-from .weights import WeightRecord
+from ..modelio.writer import write_embedded
+from ..passes.weights import WeightRecord
+from ..validation.sessions import open_session, run_feeds
 
 __all__ = ["LayerStats", "collect_stats", "input_rows"]
 
@@ -156,6 +156,7 @@ def collect_stats(
     feeds: list[dict[str, np.ndarray]],
     *,
     hessian: bool = True,
+    hint: str = "check the arrays of --calibration",
 ) -> dict[str, LayerStats]:
     """Run the model on ``feeds`` and accumulate each weight's input statistics.
 
@@ -178,7 +179,7 @@ def collect_stats(
             names = [o.name for o in session.get_outputs()]
             stats: dict[str, LayerStats] = {}
             for feed in feeds:
-                run = dict(zip(names, run_feeds(session, [feed])[0], strict=True))
+                run = dict(zip(names, run_feeds(session, [feed], hint=hint)[0], strict=True))
                 for weight, pairs in inputs.items():
                     for value, layout in pairs:
                         rows = input_rows(run[value.name], layout)

@@ -12,6 +12,7 @@ onnxruntime once; the model object is left as it was.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .model_writer import write_embedded
-from .validate import compare_runs, open_session, run_feeds
-from .weights import WeightRecord
+from ..modelio.writer import write_embedded
+from ..passes.weights import WeightRecord
+from .compare import compare_runs, worst_error
+from .sessions import open_session, run_feeds
 
 __all__ = ["Budget", "fit_budget"]
 
@@ -42,11 +44,6 @@ class Budget:
     dense: list[str]
     error: float
     evaluations: int
-
-
-def _worst(comparisons) -> float:
-    values = [c.rel_l2_error for c in comparisons]
-    return float("inf") if any(not np.isfinite(v) for v in values) else max(values, default=0.0)
 
 
 def fit_budget(
@@ -91,7 +88,8 @@ def fit_budget(
             for record, tensor in swapped:
                 record.source.replace(tensor)
         evaluations += 1
-        return _worst(compare_runs(output_names, reference, outputs))
+        worst = worst_error(compare_runs(output_names, reference, outputs))
+        return math.inf if math.isnan(worst) else worst
 
     sensitivity = {}
     for i, record in enumerate(records):

@@ -1,0 +1,208 @@
+"""``sparse24 optimize IN OUT``: prune a model's weights to 2:4, validate, report."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from .common import emit, progress_to_stderr, write_report
+
+EXAMPLES = """examples:
+  sparse24 optimize model.onnx model.sparse.onnx
+  sparse24 optimize model.onnx out.onnx --inputs feeds/ --max-rel-error 0.05 --report report.json
+  sparse24 optimize model.onnx out.onnx --method sparsegpt --calibration calib/ --inputs heldout/
+  sparse24 optimize decoder.onnx out.onnx --shape seq=64 --format compressed
+
+exit codes: 0 done; 1 validation error above --max-rel-error or validation that witnessed nothing
+(OUT not written); 2 bad input or usage; 4 internal error."""
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "optimize",
+        help="prune a model's MatMul/Gemm/Conv weights to 2:4 and validate it in onnxruntime",
+        description="Prune the MatMul/Gemm/Conv weights of an ONNX model to NVIDIA 2:4 structured sparsity "
+        "and validate the result in onnxruntime.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", metavar="IN", help="the ONNX model to prune (never modified)")
+    parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
+    parser.add_argument(
+        "--method",
+        choices=("magnitude", "gradient", "wanda", "sparsegpt"),
+        default="magnitude",
+        help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; wanda (|w| * ||x||) or "
+        "sparsegpt (Hessian-aware, kept weights updated), both with --calibration",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help="calibration inputs for wanda/sparsegpt: a .npz keyed by graph input name, or a folder of them",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="wanda/sparsegpt: prune layers in graph order, each calibrated on the model with the earlier "
+        "ones already pruned (slower)",
+    )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="wanda/sparsegpt: once the mask is chosen, refit each row's kept weights by least squares on the "
+        "calibration data (layers with K up to 2048)",
+    )
+    parser.add_argument(
+        "--damp",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="sparsegpt: Hessian dampening, as a fraction of its mean diagonal (default 0.01)",
+    )
+    parser.add_argument(
+        "--gradients", metavar="PATH.npz", help="gradients keyed by initializer name (--method gradient)"
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        action="append",
+        default=[],
+        help="leave dense the weights whose name, or the name of a node using them, matches (repeatable)",
+    )
+    parser.add_argument(
+        "--tc-shapes",
+        choices=("strict", "relaxed", "off"),
+        default="strict",
+        help="skip weights whose shape no Sparse Tensor Core tile fits: strict (default) needs the reduction "
+        "length %%16 and the output length %%8, relaxed only the first, off prunes every multiple of 4",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("dense", "compressed"),
+        default="dense",
+        help="dense: pruned weights with their zeros, what TensorRT reads (default); compressed: kept values + "
+        "2-bit positions and a decompression subgraph, about half the size, runs in stock onnxruntime",
+    )
+    parser.add_argument(
+        "--permute",
+        action="store_true",
+        help="reorder the channels between layer pairs (MatMul/Gemm/Conv chains) so that 2:4 keeps more; "
+        "the model's function is unchanged",
+    )
+    parser.add_argument(
+        "--permute-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="time cap of the permutation search, all layers together (default 60)",
+    )
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="store OUT's weights in a side file OUT.data (automatic above the 2 GiB protobuf limit)",
+    )
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
+    validation.add_argument(
+        "--inputs",
+        metavar="PATH",
+        help="validation inputs: a .npz keyed by graph input name, or a folder of them (one feed each); "
+        "default: generated inputs",
+    )
+    validation.add_argument(
+        "--shape",
+        metavar="NAME=DIMS",
+        action="append",
+        default=[],
+        help="generated inputs: size of an input (input_ids=1x128) or of a named dimension (seq=128); "
+        "repeatable. Unset: cache lengths 0, sequence-like dimensions 16, others 1 (with a warning)",
+    )
+    validation.add_argument(
+        "--int-range",
+        metavar="[NAME=]LOW:HIGH",
+        action="append",
+        default=[],
+        help="generated inputs: range [LOW, HIGH) of integer inputs, for all or one input (default: the table "
+        "size for token ids feeding Gather, all ones for masks, else 0:2)",
+    )
+    validation.add_argument(
+        "--seed", type=int, default=None, help="generated inputs: seed, 0 to 2**63-1 (default 0)"
+    )
+    validation.add_argument(
+        "--num-feeds", type=int, default=None, metavar="N", help="generated inputs: number of feeds (default 1)"
+    )
+    validation.add_argument(
+        "--max-rel-error",
+        type=float,
+        metavar="X",
+        help="fail (exit 1, OUT not written) when an output's relative L2 error exceeds X, or when the "
+        "validation witnessed nothing; no bound by default",
+    )
+    validation.add_argument(
+        "--auto-exclude",
+        action="store_true",
+        help="with --max-rel-error: leave the most sensitive layers dense, as few as possible, until the "
+        "validation error is within the bound",
+    )
+    parser.add_argument(
+        "--report", metavar="PATH.json", help="write the JSON report there ('-': stdout, the table then on stderr)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--version", action="version", version=f"sparse24-onnx {__version__}")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def options(args: argparse.Namespace) -> dict[str, object]:
+    """The keyword options of :func:`sparse24_onnx.prune_model` that the command line gave."""
+    return {
+        "method": args.method,
+        "calibration": args.calibration,
+        "damp": args.damp,
+        "sequential": args.sequential,
+        "refit": args.refit,
+        "gradients": args.gradients,
+        "exclude": args.exclude,
+        "tc_shapes": args.tc_shapes,
+        "format": args.format,
+        "permute": args.permute,
+        "permute_seconds": args.permute_seconds,
+        "external_data": args.external_data,
+        "validate": not args.no_validate,
+        "inputs": args.inputs,
+        "shapes": args.shape,
+        "int_ranges": args.int_range,
+        "seed": args.seed,
+        "num_feeds": args.num_feeds,
+        "max_rel_error": args.max_rel_error,
+        "auto_exclude": args.auto_exclude,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ValidationFailed
+    from ..pipeline.prune import prune_model
+    from ..report import check_report_path
+
+    check_report_path(args.report)
+    progress_to_stderr(not args.quiet)
+    on_stdout = args.report == "-"
+    try:
+        result = prune_model(args.input, args.output, **options(args))
+    except ValidationFailed as failed:
+        result = failed.result
+        if result is not None:
+            write_report(args.report, result.report)
+            if not args.quiet:
+                _present(result, on_stdout)
+        raise
+    write_report(args.report, result.report)
+    if not args.quiet:
+        _present(result, on_stdout)
+    return result.exit_code
+
+
+def _present(result, on_stdout: bool) -> None:
+    if result.records:
+        emit(result.table() + "\n", report_on_stdout=on_stdout)
+    emit(result.verdict, report_on_stdout=on_stdout)

@@ -1,0 +1,500 @@
+"""``prune_model``: load, calibrate, prune, store, validate and report, as named steps.
+
+The library entry point behind ``sparse24 optimize``::
+
+    result = prune_model("model.onnx", "model.sparse.onnx", method="sparsegpt",
+                         calibration="calib/", max_rel_error=0.05)
+    result.report["summary"]["pruned"]
+
+Nothing here prints: progress goes to the ``sparse24_onnx`` logger (INFO), the
+outcome is the returned :class:`PruneResult`, and every failure is an exception
+from :mod:`sparse24_onnx.errors` (:class:`~sparse24_onnx.errors.ValidationFailed`
+for a failed ``max_rel_error`` gate, carrying the result and its report).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import __version__
+from ..calibration.capture import collect_stats
+from ..calibration.methods import (
+    GradientMethod,
+    MagnitudeMethod,
+    Precomputed,
+    PruneMethod,
+    SequentialMethod,
+    SparseGPTMethod,
+    WandaMethod,
+    load_gradients,
+)
+from ..errors import BadInput, ExitCode, ValidationFailed
+from ..modelio.load import external_files, needs_external_data
+from ..modelio.staging import StagedOutput, check_output_path
+from ..passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
+from ..passes.weights import Status, WeightRecord, weight_records
+from ..report import format_table, tensor_entry
+from ..validation.budget import Budget, fit_budget
+from ..validation.compare import OutputComparison, compare_runs, worst_error
+from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
+from ..validation.sessions import open_session, run_feeds, session_provider
+from .loading import input_path, load_input
+from .options import PruneOptions
+
+__all__ = ["PruneResult", "prune_model"]
+
+log = logging.getLogger("sparse24_onnx")
+
+
+@dataclass
+class PruneResult:
+    """What one pruning run did.
+
+    Attributes:
+        report: The report, exactly the document ``--report`` writes (JSON-ready
+            but for non-finite floats, which the writer turns into strings).
+        records: Per weight found, what was decided (see :class:`WeightRecord`).
+        comparisons: Per output, how far it moved (None without validation).
+        output: Where OUT was written (None when it was not).
+        exit_code: 0; a failed gate raises :class:`ValidationFailed` instead.
+    """
+
+    report: dict[str, object]
+    records: list[WeightRecord]
+    comparisons: list[OutputComparison] | None
+    output: Path | None
+    exit_code: int = int(ExitCode.OK)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the run: loading, options, validation."""
+        validation = self.report.get("validation") or {}
+        return [*self.report.get("warnings", []), *validation.get("warnings", [])]
+
+    def table(self) -> str:
+        """The weights, and the outputs when validated, as an aligned text table."""
+        return format_table(self.records, self.comparisons)
+
+    @property
+    def verdict(self) -> str:
+        """One line: what was pruned, the validation's outcome, what was written."""
+        return _verdict(self.records, self.report.get("validation"), self.output)
+
+
+def prune_model(model: str | os.PathLike | object, output: str | os.PathLike, **options: object) -> PruneResult:
+    """Prune a model's MatMul/Gemm/Conv weights to 2:4 and write it to ``output``.
+
+    Args:
+        model: Path of the ONNX model (never modified), or an ``onnx.ModelProto``.
+        output: Where to write the pruned model (atomically; not at all on failure).
+        **options: As the command line's, by their Python names (see
+            :class:`~sparse24_onnx.pipeline.options.PruneOptions`): ``method``,
+            ``calibration`` (a path or a list of ``{input: array}`` dicts), ``damp``,
+            ``sequential``, ``refit``, ``gradients``, ``exclude``, ``tc_shapes``,
+            ``format``, ``permute``, ``permute_seconds``, ``external_data``,
+            ``validate``, ``inputs``, ``shapes``, ``int_ranges``, ``seed``,
+            ``num_feeds``, ``max_rel_error``, ``auto_exclude``.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        BadInput: The model, an option or the output location cannot be used.
+        ValidationFailed: An output moved more than ``max_rel_error`` allows, or
+            the validation witnessed nothing; ``error.result`` holds the report.
+    """
+    settings = PruneOptions.from_keywords(options)
+    settings.check()
+    with input_path(model) as (path, label):
+        return _PruneRun(path, label, Path(output), settings).run()
+
+
+@dataclass
+class _Validation:
+    """The validation feeds and the original model's outputs on them."""
+
+    feeds: FeedSet
+    output_names: list[str]
+    reference: list[list[np.ndarray]]
+    provider: str
+
+
+@dataclass
+class _PruneRun:
+    """One run of :func:`prune_model`; each method is one step."""
+
+    input: Path
+    label: str
+    output: Path
+    options: PruneOptions
+    warnings: list[str] = field(default_factory=list)
+
+    def run(self) -> PruneResult:
+        started = time.monotonic()
+        out = check_output_path(self.output, self.input)
+        model = load_input(self.input, self.warnings)
+        input_files = external_files(model)
+        if self.options.auto_exclude and needs_external_data(model):
+            raise BadInput(
+                "--auto-exclude works on models under 2 GiB: each of its trial runs writes the whole model into "
+                "one file for onnxruntime; leave layers dense with --exclude instead"
+            )
+        external = self.options.external_data or needs_external_data(model)
+        with (
+            StagedOutput(out, external_data=external, input_files=input_files) as staged,
+            ExitStack() as stack,
+        ):
+            log.info("loaded %s (%s)", self.label, _size(model))
+            for line in self.warnings:
+                log.warning("%s", line)
+            records = self.find(model)
+            method = self.gradient_method(records)
+            calibration, validation = self.feeds_and_reference(model)
+            self.permute(model)
+            method = self.calibrate(model, calibration) or method
+            budget = None
+            if self.options.auto_exclude:
+                budget, method = self.fit_budget(model, method, validation)
+            self.prune(model, method, staged, stack, external)
+            records = weight_records(model)
+            log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
+            staged.save(model)
+            comparisons, entry = self.validate(staged.path, records, validation)
+            written = staged.commit() if entry is None or entry["passed"] is not False else []
+        report = self.report(records, method, entry, budget, written, input_files)
+        result = PruneResult(report, records, comparisons, out if written else None)
+        log.info("done in %.1f s", time.monotonic() - started)
+        if entry is not None and entry["passed"] is False:
+            raise ValidationFailed(_failure(entry, out), result=result)
+        return result
+
+    # ------------------------------------------------------------------ steps
+
+    def find(self, model: ir.Model) -> list[WeightRecord]:
+        """Record every weight and whether it will be pruned (FindWeights)."""
+        records = FindWeights(self.options.exclude, self.options.tc_shapes)(model).weights
+        candidates = sum(r.status == Status.CANDIDATE for r in records)
+        log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
+        return records
+
+    def gradient_method(self, records: list[WeightRecord]) -> PruneMethod:
+        """The uncalibrated method (magnitude or gradient); warns about gradients that match no weight."""
+        if self.options.method != "gradient":
+            return MagnitudeMethod()
+        gradients = self.options.gradients
+        if isinstance(gradients, (str, os.PathLike)):
+            gradients = load_gradients(gradients)
+        names = {r.name for r in records}
+        unknown = sorted(set(gradients) - names) if hasattr(gradients, "keys") else []
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            self.warnings.append(f"--gradients: {len(unknown)} key(s) match no weight of the model ({shown})")
+        return GradientMethod(gradients)
+
+    def feeds_and_reference(self, model: ir.Model) -> tuple[FeedSet | None, _Validation | None]:
+        """Read the calibration feeds; make the validation feeds and run the original model on them."""
+        options = self.options
+        if options.calibration is None and not options.validate:
+            return None, None
+        # One onnxruntime session on the input serves both the feeds' specs and validation.
+        session = open_session(self.input, role="input")
+        specs = InputSpec.from_session(session)
+        calibration = None
+        if options.calibration is not None:
+            calibration = load_feeds(options.calibration, specs, option="--calibration")
+        validation = None
+        if options.validate:
+            if options.inputs is not None:
+                feeds = load_feeds(options.inputs, specs)
+            else:
+                default_range, int_ranges = options.integer_ranges
+                feeds = generate_feeds(
+                    specs,
+                    shapes=options.shape_sizes,
+                    int_ranges={**infer_int_ranges(model), **int_ranges},
+                    default_int_range=default_range,
+                    seed=options.seed or 0,
+                    count=options.num_feeds or 1,
+                )
+            for entry in feeds.inputs:
+                shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
+                assumed = entry.get("assumed")
+                extra = f"; assumed {assumed}" if assumed else ""
+                log.info("input %s: %s %s, %s%s", entry["name"], entry["dtype"], shapes, entry["values"], extra)
+            log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
+            reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
+            names = [o.name for o in session.get_outputs()]
+            validation = _Validation(feeds, names, reference, session_provider(session))
+        del session  # free the input's session (its copy of the weights) before pruning
+        return calibration, validation
+
+    def permute(self, model: ir.Model) -> None:
+        if self.options.permute:
+            log.info("searching channel permutations (at most %g s)", self.options.permute_seconds)
+            result = PermuteChannels(seconds=self.options.permute_seconds)(model)
+            log.info("permuted the channels before %d weights", len(result.weights))
+
+    def calibrate(self, model: ir.Model, calibration: FeedSet | None) -> PruneMethod | None:
+        """The calibrated method, with its statistics captured from the calibration feeds."""
+        options = self.options
+        if calibration is None:
+            return None
+        if options.sequential:
+            return SequentialMethod(
+                options.method, model, calibration.feeds, damp=options.damp, refit=options.refit
+            )
+        candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+        log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
+        stats = collect_stats(model, candidates, calibration.feeds, hessian=True, hint=calibration.hint)
+        if options.method == "wanda":
+            return WandaMethod(stats, refit=options.refit, damp=options.damp)
+        return SparseGPTMethod(stats, damp=options.damp, refit=options.refit)
+
+    def fit_budget(self, model: ir.Model, method: PruneMethod, validation: _Validation) -> tuple[Budget, PruneMethod]:
+        """Measure each candidate's sensitivity and leave the fewest most sensitive ones dense."""
+        candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+        results = {}
+        for record in candidates:
+            pruned = method.prune(record, record.source.tensor.numpy())
+            if not isinstance(pruned, str):
+                results[record.name] = pruned
+        candidates = [r for r in candidates if r.name in results]
+        log.info("measuring the sensitivity of %d layers", len(candidates))
+        budget = fit_budget(
+            model,
+            candidates,
+            results,
+            validation.feeds.feeds,
+            validation.reference,
+            validation.output_names,
+            self.options.max_rel_error,
+            progress=log.info,
+        )
+        rank = {name: i + 1 for i, name in enumerate(budget.dense)}
+        for record in candidates:
+            if record.name in rank:
+                alone = budget.sensitivity[record.name]
+                record.skip(
+                    f"left dense by --auto-exclude: pruned alone it moves the output by {alone:.3g} "
+                    f"(most sensitive {rank[record.name]} of {len(candidates)})",
+                    deliberate=True,
+                )
+        return budget, Precomputed(method, results)
+
+    def prune(self, model: ir.Model, method: PruneMethod, staged: StagedOutput, stack: ExitStack, external: bool):
+        """Prune, store (compressed if asked) and record provenance: the rewriting passes."""
+        options = self.options
+        compressed = options.format == "compressed"
+        prune_sink = staged
+        if compressed:
+            # Pruned weights wait for CompressWeights in memory or, when the model is
+            # large enough for external data, in a scratch side file (never committed):
+            # memory then stays bounded by one weight, as on the dense route.
+            prune_sink = stack.enter_context(_scratch(staged.destination)) if external else None
+        todo = sum(r.status == Status.CANDIDATE for r in weight_records(model))
+        log.info("pruning %d weights (%s)", todo, method.name)
+        started = time.monotonic()
+        rewrite = [PruneWeights(method, progress=_WeightProgress(), sink=prune_sink)]
+        if compressed:
+            rewrite.append(CompressWeights(sink=staged))
+        Pipeline(*rewrite, RecordProvenance(method.name, options.format, options.tc_shapes))(model)
+        pruned = sum(r.status == Status.PRUNED for r in weight_records(model))
+        log.info("pruned %d weights in %.1f s", pruned, time.monotonic() - started)
+
+    def validate(
+        self, path: Path, records: list[WeightRecord], validation: _Validation | None
+    ) -> tuple[list[OutputComparison] | None, dict[str, object] | None]:
+        """Run the staged OUT on the validation feeds and compare; the report's ``validation`` entry."""
+        if validation is None:
+            return None, None
+        log.info("running the pruned model in onnxruntime")
+        session = open_session(path, role="output")
+        candidate = run_feeds(session, validation.feeds.feeds, hint=validation.feeds.hint)
+        del session
+        comparisons = compare_runs(validation.output_names, validation.reference, candidate)
+        warnings = [*validation.feeds.warnings]
+        blind = _witnessed_nothing(validation, candidate, records, comparisons)
+        warnings += blind
+        bound = self.options.max_rel_error
+        worst = worst_error(comparisons)
+        if worst > 1 or np.isnan(worst):
+            warnings.append(
+                f"the worst output error is {worst:.3g}: the pruned model's output no longer resembles the original's; "
+                "try a calibrated method (--method sparsegpt --calibration ...) or --auto-exclude"
+            )
+        passed = None if bound is None else bool(worst <= bound) and not blind
+        entry = {
+            "feeds": len(validation.feeds),
+            "source": validation.feeds.source,
+            "inputs": validation.feeds.inputs,
+            "provider": validation.provider,
+            "max_rel_error": bound,
+            "worst_rel_l2_error": worst,
+            "witnessed": not blind,
+            "passed": passed,
+            "warnings": warnings,
+            "outputs": [c.as_dict() for c in comparisons],
+        }
+        for line in warnings:
+            log.warning("%s", line)
+        return comparisons, entry
+
+    def report(
+        self,
+        records: list[WeightRecord],
+        method: PruneMethod,
+        validation: dict[str, object] | None,
+        budget: Budget | None,
+        written: list[Path],
+        input_files: set[Path],
+    ) -> dict[str, object]:
+        """The report document (the ``--report`` JSON)."""
+        inputs = [self.input, *sorted(input_files)]
+        return {
+            "tool": "sparse24-onnx",
+            "version": __version__,
+            "command": "optimize",
+            "input": self.label,
+            "output": str(self.output) if written else None,
+            "files": [str(p) for p in written],
+            "method": method.name,
+            "format": self.options.format,
+            "summary": _summary(records, inputs, written),
+            "warnings": self.warnings,
+            "tensors": [tensor_entry(r) for r in records],
+            "validation": validation,
+            "auto_exclude": None
+            if budget is None
+            else {
+                "max_rel_error": self.options.max_rel_error,
+                "dense": budget.dense,
+                "error": budget.error,
+                "sensitivity": budget.sensitivity,
+                "evaluations": budget.evaluations,
+            },
+            "exit_code": int(ExitCode.FAILED_CHECK if validation and validation["passed"] is False else ExitCode.OK),
+        }
+
+
+class _WeightProgress:
+    """Per-weight progress lines, at most one a second (and the first)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, record: WeightRecord) -> None:
+        now = time.monotonic()
+        if now - self.last >= 1.0 or done == 0:
+            self.last = now
+            shape = "x".join(map(str, record.shape))
+            log.info("pruning %d/%d: %s (%s)", done + 1, total, record.name, shape)
+
+
+def _witnessed_nothing(
+    validation: _Validation,
+    candidate: list[list[np.ndarray]],
+    records: list[WeightRecord],
+    comparisons: list[OutputComparison],
+) -> list[str]:
+    """Why the comparison cannot have seen the pruning, one line each (empty when it could)."""
+    problems = []
+    names = validation.output_names
+    for feed_index, outputs in enumerate(validation.reference):
+        for name, array in zip(names, outputs, strict=False):
+            if np.asarray(array).size == 0:
+                problems.append(f"output {name!r} is empty for feed {feed_index}: nothing of it was compared")
+    if not comparisons:
+        problems.append("the model has no numeric output to compare")
+    changed = any(r.status == Status.PRUNED and r.metrics is not None and r.metrics.pruned_count for r in records)
+    float_outputs = [
+        i for i, _ in enumerate(names) if all(np.asarray(run[i]).dtype.kind == "f" for run in validation.reference)
+    ]
+    if changed and float_outputs and not problems:
+        identical = all(
+            _same_bits(np.asarray(ref[i]), np.asarray(cand[i]))
+            for ref, cand in zip(validation.reference, candidate, strict=True)
+            for i in float_outputs
+        )
+        if identical:
+            problems.append(
+                "weights were pruned but every float output is bit-identical to the original's: these inputs "
+                "do not reach the pruned layers (masked or zero inputs?)"
+            )
+    return problems
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _failure(entry: dict[str, object], out: Path) -> str:
+    if not entry["witnessed"]:
+        reasons = [w for w in entry["warnings"] if "compared" in w or "bit-identical" in w or "no numeric" in w]
+        return (
+            f"validation witnessed nothing ({reasons[0] if reasons else 'see the report'}); pass real inputs with "
+            f"--inputs; {out} was not written"
+        )
+    return (
+        f"validation failed: relative L2 error {entry['worst_rel_l2_error']:.4g} exceeds --max-rel-error "
+        f"{entry['max_rel_error']:g}; {out} was not written"
+    )
+
+
+def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path]) -> dict[str, int | None]:
+    pruned = [r for r in records if r.status == Status.PRUNED]
+    return {
+        "weights_found": len(records),
+        "pruned": len(pruned),
+        "skipped": len(records) - len(pruned),
+        "stored_compressed": sum(r.storage == "compressed" for r in pruned),
+        "pruned_elements": sum(r.metrics.pruned_count for r in pruned if r.metrics),
+        "total_elements": sum(r.metrics.total_count for r in pruned if r.metrics),
+        "input_bytes": sum(p.stat().st_size for p in inputs),
+        "output_bytes": sum(p.stat().st_size for p in written) if written else None,
+    }
+
+
+def _verdict(records: list[WeightRecord], validation: dict | None, written: Path | None) -> str:
+    pruned = [r for r in records if r.status == Status.PRUNED]
+    if not records:
+        head = "nothing to prune: no MatMul/Gemm/Conv weight held as a constant"
+    elif not pruned:
+        head = f"nothing to prune: all {len(records)} weights were skipped (reasons above)"
+    else:
+        head = f"pruned {len(pruned)} of {len(records)} weights to 2:4"
+        stored = sum(r.storage == "compressed" for r in pruned)
+        if stored:
+            head += f" ({stored} stored compressed)"
+    if validation is not None:
+        worst = validation["worst_rel_l2_error"]
+        bound = validation["max_rel_error"]
+        if not validation["witnessed"]:
+            verdict = "WITNESSED NOTHING"
+        elif bound is None:
+            verdict = "no bound set"
+        else:
+            verdict = f"within {bound:g}" if validation["passed"] else f"ABOVE --max-rel-error {bound:g}"
+        head += f"; worst output relative L2 error {worst:.4g} ({verdict})"
+    else:
+        head += "; not validated"
+    head += f"; wrote {written}" if written else "; nothing written"
+    return head
+
+
+def _size(model: ir.Model) -> str:
+    """``N nodes, X MiB of weights`` (main graph nodes, all initializers)."""
+    nbytes = sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value)
+    return f"{len(model.graph)} nodes, {nbytes / 2**20:.1f} MiB in initializers"
+
+
+def _scratch(out: Path) -> StagedOutput:
+    """A staged side file beside OUT for pruned weights on their way to compression; deleted on exit."""
+    return StagedOutput(out.with_name(out.name + ".pruned"), external_data=True)
