@@ -3,16 +3,19 @@
     pip install -e '.[dev]'        # polygraphy is in the dev extra
     python benchmarks/bench_speed.py [--scale-gib 1 2 3] [--skip-peer-e2e]
 
-Prints four tables:
+Prints five tables:
 
+0. start-up: the import time of each dependency and of the tool's own entry
+   points, each in a fresh process (best of 5), and ``sparse24 --help``, so
+   that a regression from a dependency release shows;
 1. core: weights/s of magnitude pruning on one core, mask + apply
    (``prune_24_dense``) and prune + compress (``prune_24``), several sizes,
    dtypes and both axes;
 2. per tensor against ``polygraphy.tools.sparse.process_tensor`` on the same
    TensorProtos (conversion to and from NumPy included on both sides);
-3. end to end, process start to saved file: ``python -m sparse24_onnx.optimize
-   --no-validate`` against ``polygraphy surgeon prune`` on a 4 x 2048 x 2048
-   fp32 MLP;
+3. end to end, process start to saved file: ``sparse24 optimize --no-validate``
+   against ``polygraphy surgeon prune`` on 4 x 1024 x 1024 and 4 x 2048 x 2048
+   fp32 MLPs (``--e2e-side``);
 4. scale: external-data MLPs of several GiB, ``optimize --no-validate
    --external-data`` against ``cp`` of the same files, with peak resident memory;
    and once with ``--format compressed``.
@@ -130,21 +133,72 @@ def timed_run(command: list[str], cwd: Path) -> tuple[float, dict]:
     return seconds, info
 
 
-def e2e_table(folder: Path, skip_peer: bool) -> None:
-    print("\n## 3. end to end, process start to saved file, 4 x 2048 x 2048 fp32 MLP (64 MiB)")
-    model = folder / "mlp.onnx"
-    build_mlp(model, 4, 2048, external=False)
-    command = [sys.executable, "-m", "sparse24_onnx.optimize", "mlp.onnx", "ours.onnx", "--no-validate", "-q"]
-    timed_run(command, folder)  # untimed: writes the bytecode caches of an editable install
-    ours = min(timed_run(command, folder)[0] for _ in range(3))
-    print(f"sparse24_onnx.optimize --no-validate : {ours:8.2f} s (best of 3)")
-    if skip_peer:
-        print("polygraphy surgeon prune             : skipped (--skip-peer-e2e)")
-        return
+#: (label, statement) pairs timed by the start-up table, each in a fresh interpreter.
+IMPORTS = (
+    ("python (empty)", "pass"),
+    ("numpy", "import numpy"),
+    ("ml_dtypes", "import ml_dtypes"),
+    ("onnx", "import onnx"),
+    ("onnx_ir (sympy deferred)", "import sparse24_onnx, onnx_ir"),
+    ("onnx_ir (as is)", "import onnx_ir"),
+    ("onnxruntime", "import onnxruntime"),
+    ("sparse24 --help (cli only)", "import sparse24_onnx.cli"),
+    ("sparse24_onnx.pipeline.prune", "import sparse24_onnx.pipeline.prune"),
+)
+
+
+def _import_seconds(statement: str, repeat: int = 5) -> float:
+    """Best wall time of ``statement`` in a fresh interpreter, timed inside it (start-up excluded)."""
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    times = []
+    for _ in range(repeat):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=USER_ENV)
+        if result.returncode != 0:
+            return float("nan")
+        times.append(float(result.stdout.split()[-1]))
+    return min(times)
+
+
+def startup_table() -> None:
+    import importlib.metadata as metadata
+
+    print("\n## 0. start-up: import times in a fresh interpreter (best of 5, seconds)")
+    for package in ("numpy", "ml_dtypes", "onnx", "onnx-ir", "onnxruntime", "sympy"):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"{package:>12}: {version}")
+    for label, statement in IMPORTS:
+        print(f"{label:>30} {_import_seconds(statement):8.3f}")
+    script = _console_script()
+    best = min(timed_run([*script, "--help"], Path("."))[0] for _ in range(5))
+    print(f"{'sparse24 --help (process)':>30} {best:8.3f}")
+
+
+def _console_script() -> list[str]:
+    found = shutil.which("sparse24") or str(Path(sys.executable).with_name("sparse24"))
+    return [found] if Path(found).exists() else [sys.executable, "-m", "sparse24_onnx"]
+
+
+def e2e_table(folder: Path, skip_peer: bool, sides: list[int]) -> None:
     polygraphy = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
-    theirs, _ = timed_run([polygraphy, "surgeon", "prune", "mlp.onnx", "-o", "theirs.onnx"], folder)
-    print(f"polygraphy surgeon prune             : {theirs:8.2f} s")
-    print(f"ratio                                : {theirs / ours:8.0f}x")
+    script = _console_script()
+    for side in sides:
+        mib = 4 * side * side * 4 / 2**20
+        print(f"\n## 3. end to end, process start to saved file, 4 x {side} x {side} fp32 MLP ({mib:.0f} MiB)")
+        model = folder / f"mlp{side}.onnx"
+        build_mlp(model, 4, side, external=False)
+        command = [*script, "optimize", model.name, "ours.onnx", "--no-validate", "-q"]
+        timed_run(command, folder)  # untimed: writes the bytecode caches of an editable install
+        ours = min(timed_run(command, folder)[0] for _ in range(3))
+        print(f"{' '.join(command[-5:-3]):<36}: {ours:8.2f} s (best of 3; {' '.join(Path(c).name for c in script)})")
+        if skip_peer:
+            print("polygraphy surgeon prune            : skipped (--skip-peer-e2e)")
+            continue
+        theirs, _ = timed_run([polygraphy, "surgeon", "prune", model.name, "-o", "theirs.onnx"], folder)
+        print(f"polygraphy surgeon prune            : {theirs:8.2f} s")
+        print(f"ratio                               : {theirs / ours:8.1f}x")
 
 
 def scale_table(folder: Path, sizes: list[float]) -> None:
@@ -201,7 +255,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale-gib", type=float, nargs="*", default=[1.0, 2.0, 3.0])
     parser.add_argument("--skip-peer-e2e", action="store_true", help="skip the ~35 s polygraphy end-to-end run")
-    parser.add_argument("--only", choices=["core", "tensor", "e2e", "scale"], action="append")
+    parser.add_argument("--e2e-side", type=int, nargs="*", default=[1024, 2048], help="MLP sides for table 3")
+    parser.add_argument("--only", choices=["startup", "core", "tensor", "e2e", "scale"], action="append")
     args = parser.parse_args()
     import onnx
     import onnx_ir
@@ -212,7 +267,9 @@ def main() -> None:
         f"numpy {np.__version__}, onnx {onnx.__version__}, onnx-ir {onnx_ir.__version__}, "
         f"polygraphy {polygraphy.__version__}"
     )
-    only = set(args.only or ["core", "tensor", "e2e", "scale"])
+    only = set(args.only or ["startup", "core", "tensor", "e2e", "scale"])
+    if "startup" in only:
+        startup_table()
     if "core" in only:
         core_table()
     if "tensor" in only:
@@ -221,7 +278,7 @@ def main() -> None:
         folder = Path(tmp).resolve()
         (folder / "copy").mkdir()
         if "e2e" in only:
-            e2e_table(folder, args.skip_peer_e2e)
+            e2e_table(folder, args.skip_peer_e2e, args.e2e_side)
         if "scale" in only and args.scale_gib:
             scale_table(folder, args.scale_gib)
 

@@ -24,9 +24,9 @@ EXPECTED = {
     "function.onnx": {"dense.weight": 0, "fixed.weight": 0},
     "cast_transpose.onnx": {"cast.weight": 0, "t.weight": 1, "tg.weight": 0},
     "quantized.onnx": {
-        "dq.weight": "already quantized (INT8, dequantized by DequantizeLinear",
-        "cm.weight": "already quantized (INT8, dequantized by Mul",
-        "mmi.weight": "already quantized (INT8, input of the integer op MatMulInteger",
+        "dq.weight": 0,  # int8 through DequantizeLinear: pruned entries become the zero point
+        "cm.weight": 0,  # int8 -> Cast -> Mul(scale), a weight-only export
+        "mmi.weight": "INT8, input of the integer op MatMulInteger",
         "float.weight": 0,
     },
     "shared_gemm.onnx": {"cell.weight_hh": 1, "cell.weight_ih": 1},

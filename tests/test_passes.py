@@ -46,7 +46,7 @@ def test_skip_reasons(models_dir):
     reasons = {n: r.reason for n, r in records.items() if r.status == Status.SKIPPED}
     assert "different axes" in reasons["shared.weight"]
     assert "Add '/tied/Add'" in reasons["tied.weight"]
-    assert "INT32 is not a float type" in reasons["int.weight"]
+    assert "INT32 is not a float or quantized weight type" in reasons["int.weight"]
     assert "graph input" in reasons["shadow.weight"]
     assert "vector" in reasons["vector.weight"]
     assert records["ok.weight"].status == Status.CANDIDATE  # Shape reads only the shape

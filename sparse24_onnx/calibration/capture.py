@@ -51,10 +51,6 @@ class LayerStats:
     im2col: bool = False
 
 
-def _uses(record: WeightRecord) -> list[tuple[ir.Node, int]]:
-    return [] if record.source is None else list(record.source.value.uses())
-
-
 def _data_value(node: ir.Node, index: int) -> tuple[ir.Value, str | ConvPatches] | None:
     """The activation feeding the layer that reads a weight at ``index``, and how to read its rows."""
     if node.op_type == "MatMul":
@@ -135,13 +131,22 @@ def input_rows(array: np.ndarray, layout: str | ConvPatches) -> np.ndarray:
 
 
 def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list[tuple[ir.Value, str]]]:
-    """Per weight, the main-graph activations that feed it (weights elsewhere are left out)."""
+    """Per weight, the main-graph activations that feed its products (weights elsewhere are left out).
+
+    The products are found by the names the tracing recorded (``record.uses``),
+    so weights reaching them through casts, transposes or dequantization count
+    too.  A convolution whose weight was transposed or reshaped on the way is
+    left out (its im2col view would not match the stored layout).
+    """
+    by_name = {node.name: node for node in model.graph if node.name}
     found: dict[str, list[tuple[ir.Value, str]]] = {}
     for record in records:
         pairs = []
-        for node, index in _uses(record):
-            data = _data_value(node, index)
-            if data is None or data[0] is None or data[0].graph is not model.graph or not data[0].name:
+        for use in record.uses:
+            node = by_name.get(use.node)
+            reordered = any(op in ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze") for op in use.via)
+            data = None if node is None else _data_value(node, use.input_index)
+            if data is None or data[0] is None or not data[0].name or (node.op_type == "Conv" and reordered):
                 pairs = []
                 break
             pairs.append(data)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..core import gradient_importance, prune_24_dense
+from ..core.quantized import QuantGrid
 from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
 from ..errors import BadInput
 from ..passes.prune_weights import PruneMethod
@@ -109,6 +110,14 @@ class _MatrixView:
             return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
         return np.moveaxis(weights, self.axis, -1).reshape(-1, weights.shape[self.axis])
 
+    def grid(self, grid: QuantGrid | None) -> QuantGrid | None:
+        """A weight's quantization grid laid over this ``(rows, K)`` view."""
+        if grid is None:
+            return None
+        scale = self.rows(np.broadcast_to(grid.scale, self.shape))
+        zero = self.rows(np.broadcast_to(grid.zero_point, self.shape))
+        return QuantGrid(grid.dtype, scale, zero, grid.divide)
+
     def tensor(self, rows: np.ndarray, dtype) -> np.ndarray:
         if self.im2col:
             m, c, kh, kw = self.shape
@@ -155,6 +164,9 @@ class _Calibrated:
             if self.refit:
                 if w_rows.shape[1] <= REFIT_MAX_K:
                     p_rows = refit_kept(w_rows, p_rows, stats.hessian, damp=self.damp)
+                    grid = view.grid(record.grid)
+                    if grid is not None:  # back onto the stored weight's grid: the error below includes it
+                        p_rows = grid.round(p_rows)
                     pruned = view.tensor(p_rows, weights.dtype)
                     note["refit"] = True
                 else:
@@ -213,7 +225,7 @@ class SparseGPTMethod(_Calibrated):
             return pruned
         if not np.isfinite(weights).all():
             return "contains NaN or Inf"
-        rows = sparsegpt_24(view.rows(weights), stats.hessian, damp=self.damp)
+        rows = sparsegpt_24(view.rows(weights), stats.hessian, damp=self.damp, grid=view.grid(record.grid))
         used = "sparsegpt (im2col)" if view.im2col else "sparsegpt"
         return self._finish(record, weights, view.tensor(rows, weights.dtype), used)
 

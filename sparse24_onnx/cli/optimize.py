@@ -125,9 +125,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="generated inputs: range [LOW, HIGH) of integer inputs, for all or one input (default: the table "
         "size for token ids feeding Gather, all ones for masks, else 0:2)",
     )
-    validation.add_argument(
-        "--seed", type=int, default=None, help="generated inputs: seed, 0 to 2**63-1 (default 0)"
-    )
+    validation.add_argument("--seed", type=int, default=None, help="generated inputs: seed, 0 to 2**63-1 (default 0)")
     validation.add_argument(
         "--num-feeds", type=int, default=None, metavar="N", help="generated inputs: number of feeds (default 1)"
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quantized import QuantGrid
 from .sparse24 import keep_mask, prune_24
 
 __all__ = ["layer_output_error", "refit_kept", "sparsegpt_24", "wanda_importance"]
@@ -43,7 +44,14 @@ def _keep_top2(scores: np.ndarray) -> np.ndarray:
     return keep_mask(prune_24(scores, scores, axis=1))
 
 
-def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01, block: int = 128) -> np.ndarray:
+def sparsegpt_24(
+    weights: np.ndarray,
+    hessian: np.ndarray,
+    *,
+    damp: float = 0.01,
+    block: int = 128,
+    grid: QuantGrid | None = None,
+) -> np.ndarray:
     """SparseGPT 2:4 pruning of ``weights`` ``(rows, K)`` given ``H = X^T X`` ``(K, K)``.
 
     Returns the pruned weights (float64), exactly 2:4 along axis 1 (pruned
@@ -52,6 +60,13 @@ def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01
     Columns whose Hessian diagonal is 0 (inputs always zero) carry no
     information: their weights are pruned first and the diagonal set to 1, as
     in the reference implementation.
+
+    With ``grid`` (a quantization grid laid over the ``(rows, K)`` matrix), the
+    joint sparsify-and-quantize mode of SparseGPT (its section 3.5, as in GPTQ):
+    as the sweep freezes each column, its kept weights are rounded onto the grid
+    and the rounding error is spread over the columns not yet processed, like
+    the pruning error.  Every returned value is then a grid point (pruned ones
+    0, the zero point's value).
     """
     w = np.array(weights, dtype=np.float64)
     k = w.shape[1]
@@ -66,6 +81,8 @@ def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01
     inverse = np.linalg.inv(np.linalg.cholesky(h))
     hinv = np.linalg.cholesky(inverse.T @ inverse).T
     block = max(4, block - block % 4)
+    if grid is not None:
+        grid = grid.broadcast(w.shape)
     for start in range(0, k, block):
         stop = min(start + block, k)
         w1 = w[:, start:stop].copy()
@@ -78,7 +95,8 @@ def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01
                 scores = w1[:, i : i + 4] ** 2 / np.diag(hinv1)[i : i + 4] ** 2
                 mask[:, i : i + 4] = ~_keep_top2(scores)
             column = w1[:, i]
-            q = np.where(mask[:, i], 0.0, column)
+            kept = column if grid is None else _column(grid, start + i).round(column)
+            q = np.where(mask[:, i], 0.0, kept)
             q1[:, i] = q
             e = (column - q) / hinv1[i, i]
             w1[:, i:] -= np.outer(e, hinv1[i, i:])
@@ -86,6 +104,11 @@ def sparsegpt_24(weights: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01
         w[:, start:stop] = q1
         w[:, stop:] -= err1 @ hinv[start:stop, stop:]
     return w
+
+
+def _column(grid: QuantGrid, index: int) -> QuantGrid:
+    """The grid of one column of a ``(rows, K)`` matrix (its arrays already broadcast to that shape)."""
+    return QuantGrid(grid.dtype, grid.scale[:, index], grid.zero_point[:, index], grid.divide)
 
 
 def layer_output_error(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray) -> float:

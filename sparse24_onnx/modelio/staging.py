@@ -24,6 +24,7 @@ from .writer import write_embedded
 
 __all__ = ["StagedOutput", "TensorWriter", "check_output_path"]
 
+
 def _refuse_special(path: Path, what: str) -> None:
     """OUT's files are replaced whole (rename): never do that to a device, pipe or socket."""
     if path.exists() and not path.is_file():

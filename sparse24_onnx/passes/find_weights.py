@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx_ir as ir
 
 from ..errors import BadInput
@@ -11,8 +12,10 @@ from .base import InPlacePass, PassResult
 from .weights import (
     META_KEY,
     PRUNABLE_DTYPES,
+    QUANTIZED_DTYPES,
     ConstantNodeSource,
     InitializerSource,
+    Trace,
     WeightRecord,
     all_graphs,
     trace_uses,
@@ -80,45 +83,70 @@ class FindWeights(InPlacePass):
         if tensor is None:
             return None
         value = source.value
-        integer = tensor.dtype.is_integer()
-        trace = trace_uses(value, tuple(int(d) for d in tensor.shape), functions, integer=integer)
-        if not (trace.uses or trace.problems or trace.quantized):
+        shape = tuple(int(d) for d in tensor.shape)
+        stored_dtype = None
+        if tensor.dtype in QUANTIZED_DTYPES:
+            stored_dtype = np.dtype(tensor.dtype.numpy())
+        try:
+            trace = trace_uses(value, shape, functions, stored_dtype=stored_dtype)
+        except (IndexError, KeyError, ValueError, TypeError, AttributeError) as error:  # a gap the tracer missed
+            trace = Trace(gaps=[f"its uses could not be followed ({type(error).__name__}: {error})"])
+        if not (trace.uses or trace.problems or trace.integer_ops or trace.gaps):
             return None  # not a weight: a bias, a shape, a lookup table
         record = WeightRecord(
             name=value.name or tensor.name or "",
             source=source,
             graph=graph,
-            shape=tuple(int(d) for d in tensor.shape),
+            shape=shape,
             dtype=tensor.dtype.name,
             uses=trace.uses,
         )
+        if not trace.uses and not trace.problems and not trace.integer_ops:
+            record.skip(trace.gaps[0])  # it may be a weight, but where it goes could not be seen
+            return record
         axes = sorted({use.axis for use in trace.uses})
         if len(axes) == 1:
             record.axis = axes[0]
-        if trace.quantized:
-            record.skip(f"already quantized ({tensor.dtype.name}, {trace.quantized[0]}); left as it is")
-        elif trace.problems:
-            record.skip(trace.problems[0])
-        elif len(axes) > 1:
-            detail = ", ".join(f"{u.op_type} '{u.node}' axis {u.axis}" for u in trace.uses)
-            record.skip(f"its consumers need different axes ({detail})")
-        elif value.is_graph_input():
-            record.skip("is also a graph input, so a caller can override it at run time")
-        elif trace.others:
-            record.skip(trace.others[0])
-        elif tensor.dtype not in PRUNABLE_DTYPES:
-            record.skip(f"dtype {tensor.dtype.name} is not a float type (integer and quantized weights are left alone)")
-        elif record.shape[record.axis] < 4 and any(u.op_type == "Conv" for u in trace.uses):
-            record.skip(f"only {record.shape[record.axis]} input channels (an RGB input layer?): 2:4 needs groups of 4")
-        elif record.shape[record.axis] % 4:
-            record.skip(f"reduction axis {record.axis} has length {record.shape[record.axis]}, not a multiple of 4")
-        elif self._shape_reason(record, trace.uses):
-            record.skip(self._shape_reason(record, trace.uses))
+        forms = {(d.form, d.node) for d in trace.dequantized}
+        if trace.dequantized:
+            record.quantization = trace.dequantized[0]
+        reason = self._reason(record, trace, tensor, value, stored_dtype, forms)
+        if reason:
+            record.skip(reason)
         else:
             pattern = self._excluded_by(record)
             if pattern is not None:
                 record.skip(f"excluded by --exclude '{pattern}'", deliberate=True)
         return record
+
+    def _reason(self, record: WeightRecord, trace, tensor, value, stored_dtype, forms) -> str:
+        """Why the weight cannot be pruned, or ''."""
+        axes = sorted({use.axis for use in trace.uses})
+        if trace.integer_ops:
+            return f"{tensor.dtype.name}, {trace.integer_ops[0]}"
+        if trace.gaps:
+            return trace.gaps[0]
+        if trace.problems:
+            return trace.problems[0]
+        if len(axes) > 1:
+            detail = ", ".join(f"{u.op_type} '{u.node}' axis {u.axis}" for u in trace.uses)
+            return f"its consumers need different axes ({detail})"
+        if value.is_graph_input():
+            return "is also a graph input, so a caller can override it at run time"
+        if trace.others:
+            return trace.others[0]
+        if len(forms) > 1:
+            return f"is dequantized in {len(forms)} different ways on its way to its products"
+        if stored_dtype is not None and record.grid is None:
+            return f"dtype {tensor.dtype.name} reaches its product without being dequantized"
+        if stored_dtype is None and tensor.dtype not in PRUNABLE_DTYPES:
+            return f"dtype {tensor.dtype.name} is not a float or quantized weight type"
+        length = record.shape[record.axis]
+        if length < 4 and any(u.op_type == "Conv" for u in trace.uses):
+            return f"only {length} input channels (an RGB input layer?): 2:4 needs groups of 4"
+        if length % 4:
+            return f"reduction axis {record.axis} has length {length}, not a multiple of 4"
+        return self._shape_reason(record, trace.uses)
 
     def _shape_reason(self, record: WeightRecord, uses) -> str:
         """Why the weight's shape cannot use Sparse Tensor Cores under the rule, or ''."""

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core import DenseMetrics
+from ..core.quantized import QuantGrid
 from .base import InPlacePass, PassResult
 from .weights import Status, WeightRecord, weight_records
 
@@ -110,19 +111,24 @@ class PruneWeights(InPlacePass):
         return PassResult(model, modified=bool(todo), weights=todo)
 
     def _prune(self, record: WeightRecord, tensor: ir.TensorProtocol) -> None:
-        weights = tensor.numpy()
+        stored = tensor.numpy()
+        grid = record.grid
+        weights = stored if grid is None else grid.dequantize(stored)
         pruned = self.method.prune(record, weights)
         if isinstance(pruned, str):
             record.skip(pruned)
             return
+        if grid is not None:
+            stored = requantize(grid, stored, pruned, values_kept=self.method.values_kept)
+            pruned = grid.dequantize(stored)
         metrics = DenseMetrics()
-        metrics.add(weights, pruned, values_kept=self.method.values_kept)
+        metrics.add(weights, pruned, values_kept=self.method.values_kept and grid is None)
         if not metrics.finite:
             record.skip(NOT_FINITE)
             return
         record.metrics = metrics.result()
         result = ir.Tensor(
-            pruned,
+            pruned if grid is None else stored,
             dtype=tensor.dtype,
             name=tensor.name,
             doc_string=tensor.doc_string,
@@ -147,17 +153,27 @@ class PruneWeights(InPlacePass):
                     record.skip(f"its external data in {tensor.location} ends early")
                     return
                 pruned = target[: block.nbytes].view(dtype).reshape(block.shape)
-                result = self.method.prune(record, block, out=pruned)
+                grid = record.grid
+                if grid is None:
+                    result = self.method.prune(record, block, out=pruned)
+                    original = block
+                else:  # through the real values: rows of the grid, requantized into the output buffer
+                    grid = grid.rows(rows.start, rows.stop, shape)
+                    original = grid.dequantize(block)
+                    result = self.method.prune(record, original)
                 if isinstance(result, str):
                     writer.abort()
                     record.skip(result)
                     return
-                metrics.add(block, result, values_kept=self.method.values_kept)
+                if grid is not None:
+                    pruned[...] = requantize(grid, block, result, values_kept=self.method.values_kept)
+                    result = grid.dequantize(pruned)
+                metrics.add(original, result, values_kept=self.method.values_kept and grid is None)
                 if not metrics.finite:
                     writer.abort()
                     record.skip(NOT_FINITE)
                     return
-                writer.write(result)
+                writer.write(pruned if grid is not None else result)
         record.metrics = metrics.result()
         record.source.replace(writer.finish())
         record.status = Status.PRUNED
@@ -170,6 +186,17 @@ class PruneWeights(InPlacePass):
 
 
 NOT_FINITE = "contains NaN or Inf"
+
+
+def requantize(grid: QuantGrid, stored: np.ndarray, pruned: np.ndarray, *, values_kept: bool) -> np.ndarray:
+    """The stored (quantized) tensor for a pruned tensor of real values.
+
+    Pruned entries become the zero point (real 0); kept entries keep their stored
+    value when the method kept the values, else are put back on the grid.
+    """
+    if values_kept:
+        return np.where(pruned != 0, stored, np.broadcast_to(np.asarray(grid.zero_point, stored.dtype), stored.shape))
+    return grid.quantize(pruned)
 
 
 def _in_graph_order(model: ir.Model, records: list[WeightRecord]) -> list[WeightRecord]:

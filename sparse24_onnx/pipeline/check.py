@@ -126,7 +126,7 @@ def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -
         if record.status != Status.CANDIDATE:
             continue
         tensor = record.source.tensor
-        weights = tensor.numpy()
+        weights = record.real(tensor.numpy())  # quantized weights: zero where they dequantize to 0
         problem = data_problem(weights)
         dense = 0 if problem else count_dense_groups(weights, record.axis)
         groups = weights.size // 4

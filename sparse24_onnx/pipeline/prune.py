@@ -248,9 +248,7 @@ class _PruneRun:
         if calibration is None:
             return None
         if options.sequential:
-            return SequentialMethod(
-                options.method, model, calibration.feeds, damp=options.damp, refit=options.refit
-            )
+            return SequentialMethod(options.method, model, calibration.feeds, damp=options.damp, refit=options.refit)
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
         stats = collect_stats(model, candidates, calibration.feeds, hessian=True, hint=calibration.hint)

@@ -342,8 +342,11 @@ def generate_feeds(
             if why.startswith("1:"):
                 described.warnings.append(
                     f"input {spec.name!r}: dynamic dimension {label} was not set and defaulted to 1"
-                    + (f" (set it with --shape {label}=N)" if not label.startswith("axis") else f" (set the whole "
-                       f"input with --shape {spec.name}=...)")
+                    + (
+                        f" (set it with --shape {label}=N)"
+                        if not label.startswith("axis")
+                        else f" (set the whole input with --shape {spec.name}=...)"
+                    )
                 )
     return described
 

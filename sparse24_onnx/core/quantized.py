@@ -1,0 +1,136 @@
+"""Quantization grids: the map between a stored quantized weight and the real values it stands for.
+
+A weight stored as integers (int8, uint8, int4, uint4) or float8 (e4m3fn, e5m2)
+stands for ``real = (q - zero_point) * scale`` element-wise (``/ scale`` for the
+weight-only exports that divide), the scale and zero point broadcast over the
+stored tensor (one value, one per channel, or one per block).  2:4 pruning of
+such a weight works on the real values (the members of a group of 4 may have
+different scales) and writes a pruned entry as the zero point, which stands for
+exactly 0.  Kept entries keep their stored value, or, when a method updates
+the kept weights (SparseGPT), are rounded back onto the same grid
+(:meth:`QuantGrid.quantize`, round half to even and saturate, as ONNX's
+``QuantizeLinear`` does).
+
+NumPy only (float8 and 4-bit arrays are ``ml_dtypes`` types, which NumPy handles once registered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["QuantGrid"]
+
+
+def _is_float8(dtype: np.dtype) -> bool:
+    return dtype.kind == "V" or dtype.name.startswith("float8")
+
+
+@dataclass(frozen=True)
+class QuantGrid:
+    """A quantization grid over a stored tensor.
+
+    Attributes:
+        dtype: The stored element type (``np.int8``, ``ml_dtypes.float8_e4m3fn`` ...).
+        scale: Scales, float32 or wider, broadcastable to the stored tensor's shape.
+        zero_point: Zero points in the stored type, broadcastable likewise.
+        divide: The real value is ``(q - zero_point) / scale`` (weight-only
+            exports that divide by the scale) instead of ``* scale``.
+    """
+
+    dtype: np.dtype
+    scale: np.ndarray
+    zero_point: np.ndarray
+    divide: bool = False
+
+    @property
+    def float8(self) -> bool:
+        return _is_float8(np.dtype(self.dtype))
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether every zero point is 0 (what TensorRT's explicit quantization needs)."""
+        return not np.any(self._zero_as_float())
+
+    def _zero_as_float(self) -> np.ndarray:
+        return np.asarray(self.zero_point).astype(np.float32)
+
+    def _scale(self) -> np.ndarray:
+        scale = np.asarray(self.scale)
+        return scale if scale.dtype.itemsize >= 4 and scale.dtype.kind == "f" else scale.astype(np.float32)
+
+    def dequantize(self, stored: np.ndarray) -> np.ndarray:
+        """The real values of ``stored`` (float32, or the scale's wider type), as onnxruntime computes them."""
+        scale = self._scale()
+        q = np.asarray(stored).astype(scale.dtype)
+        centred = q - self._zero_as_float().astype(scale.dtype)
+        return centred / scale if self.divide else centred * scale
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The stored tensor that stands for all zeros: the zero point everywhere."""
+        return np.broadcast_to(np.asarray(self.zero_point, dtype=self.dtype), shape).copy()
+
+    def quantize(self, real: np.ndarray) -> np.ndarray:
+        """The stored values nearest to ``real`` on this grid (round half to even, saturated)."""
+        scale = self._scale()
+        real = np.asarray(real, dtype=scale.dtype)
+        scaled = real * scale if self.divide else real / scale
+        dtype = np.dtype(self.dtype)
+        if _is_float8(dtype):
+            limit = float(_finfo_max(dtype))
+            scaled = np.clip(scaled + self._zero_as_float(), -limit, limit)
+            return scaled.astype(dtype)
+        info = _int_range(dtype)
+        values = np.rint(scaled) + self._zero_as_float().astype(scale.dtype)
+        return np.clip(values, info[0], info[1]).astype(np.int64).astype(dtype)
+
+    def round(self, real: np.ndarray) -> np.ndarray:
+        """``real`` rounded onto the grid, as real values: ``dequantize(quantize(real))``."""
+        return self.dequantize(self.quantize(real))
+
+    def broadcast(self, shape: tuple[int, ...]) -> QuantGrid:
+        """The same grid with scale and zero point expanded to ``shape`` (read-only views)."""
+        return QuantGrid(
+            self.dtype,
+            np.broadcast_to(self.scale, shape),
+            np.broadcast_to(self.zero_point, shape),
+            self.divide,
+        )
+
+    def rows(self, start: int, stop: int, shape: tuple[int, ...]) -> QuantGrid:
+        """The grid of rows ``start:stop`` (along axis 0) of a stored tensor of ``shape``."""
+
+        def part(array: np.ndarray) -> np.ndarray:
+            array = np.asarray(array)
+            if array.ndim < len(shape) or array.shape[0] == 1:
+                return array  # broadcast along axis 0 (or aligned to trailing axes)
+            return array[start:stop]
+
+        return QuantGrid(self.dtype, part(self.scale), part(self.zero_point), self.divide)
+
+
+def _int_range(dtype: np.dtype) -> tuple[int, int]:
+    name = dtype.name
+    if name == "int4":
+        return -8, 7
+    if name == "uint4":
+        return 0, 15
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+#: Largest finite value of each float8 type (ONNX's saturating QuantizeLinear clips to it).
+_FLOAT8_MAX = {
+    "float8_e4m3fn": 448.0,
+    "float8_e4m3fnuz": 240.0,
+    "float8_e5m2": 57344.0,
+    "float8_e5m2fnuz": 57344.0,
+}
+
+
+def _finfo_max(dtype: np.dtype) -> float:
+    try:
+        return _FLOAT8_MAX[dtype.name]
+    except KeyError:
+        raise TypeError(f"no quantization grid for dtype {dtype.name}") from None
