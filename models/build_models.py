@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 if __package__ in (None, ""):  # run as a script: python models/build_models.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models import graph_shapes
+from models import graph_shapes, quantized_models
 
 OPSET = 17
 
@@ -322,6 +322,7 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "transformer.onnx": transformer,
     "skips.onnx": skips,
     **graph_shapes.MODELS,
+    **quantized_models.MODELS,
 }
 
 

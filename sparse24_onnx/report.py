@@ -46,6 +46,7 @@ def tensor_entry(record: WeightRecord) -> dict[str, object]:
         "storage_note": record.storage_note,
         "permutation": record.permutation,
         "calibration": record.calibration,
+        "quantization": record.quantization.as_dict() if record.quantization is not None else None,
         **{name: metrics.get(name) for name in _METRIC_FIELDS},
     }
 
@@ -116,6 +117,22 @@ def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
         raise
 
 
+_TYPE_NAMES = {
+    "FLOAT": "fp32",
+    "FLOAT16": "fp16",
+    "BFLOAT16": "bf16",
+    "DOUBLE": "fp64",
+    "FLOAT8E4M3FN": "e4m3",
+    "FLOAT8E5M2": "e5m2",
+}
+
+
+def _type_label(record: WeightRecord) -> str:
+    """The stored type and, for a quantized weight, its form: ``fp32``, ``int8/DQ``, ``fp32/QDQ``, ``int8/Cast``."""
+    name = _TYPE_NAMES.get(record.dtype, record.dtype.lower())
+    return f"{name}/{record.quantization.short}" if record.quantization is not None else name
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
@@ -143,11 +160,15 @@ def format_table(records: Iterable[WeightRecord], comparisons: list[OutputCompar
     name_width = min(48, max([len("weight")] + [len(r.name) for r in records]))
     with_metrics = any(r.metrics is not None for r in records)
     tail = f"  {'kept|w|':>9}  {'pruned|w|':>9}  {'L1 err':>9}" if with_metrics else "  detail"
-    lines = [f"{'weight':<{name_width}}  {'op':<6}  {'shape':<14}  {'axis':>4}  {'status':<7}{tail}"]
+    lines = [f"{'weight':<{name_width}}  {'op':<6}  {'shape':<14}  {'axis':>4}  {'type':<9}  {'status':<7}{tail}"]
     for r in records:
         shape = "x".join(map(str, r.shape)) or "scalar"
         axis = "-" if r.axis is None else str(r.axis)
-        head = f"{_cut(r.name, name_width):<{name_width}}  {r.op_types:<6}  {shape:<14}  {axis:>4}  {r.status:<7}"
+        kind = _type_label(r)
+        head = (
+            f"{_cut(r.name, name_width):<{name_width}}  {r.op_types:<6}  {shape:<14}  {axis:>4}  {kind:<9}  "
+            f"{r.status:<7}"
+        )
         if r.status == Status.PRUNED and r.metrics is not None:
             m = r.metrics
             lines.append(

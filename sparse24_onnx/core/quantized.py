@@ -24,7 +24,7 @@ __all__ = ["QuantGrid"]
 
 
 def _is_float8(dtype: np.dtype) -> bool:
-    return dtype.kind == "V" or dtype.name.startswith("float8")
+    return dtype.name.startswith("float8")
 
 
 @dataclass(frozen=True)

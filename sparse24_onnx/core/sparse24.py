@@ -68,8 +68,8 @@ def _invalid_codes(codes: np.ndarray) -> int:
 
 
 def _is_float(dtype: np.dtype) -> bool:
-    """True for IEEE-style binary floats, NumPy's own or ml_dtypes' bfloat16."""
-    return dtype.kind == "f" or dtype.name == "bfloat16"
+    """True for sign-magnitude binary floats: NumPy's own, ml_dtypes' bfloat16 and float8 types."""
+    return dtype.kind == "f" or dtype.name == "bfloat16" or dtype.name.startswith("float8")
 
 
 def _normalize_axis(axis: int, ndim: int) -> int:

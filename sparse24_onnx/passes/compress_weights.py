@@ -209,6 +209,14 @@ def _decompression(
     at_p0 = builder.op("Equal", [p0, slots], "at_p0")
     at_p1 = builder.op("Equal", [p1, slots], "at_p1")
 
+    # float16, bfloat16, int8, uint8 and float8 go through float32 (exact both ways): onnxruntime's
+    # CPU provider has no float16 Mul, and a node it cannot run on the CPU is not folded.  float8
+    # values are cast first (onnxruntime's Reshape and Gather take no float8).
+    stored = ir.DataType.from_numpy(sparse.values.dtype)
+    compute = stored if stored in (ir.DataType.FLOAT, ir.DataType.DOUBLE) else ir.DataType.FLOAT
+    early = stored in (ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2)
+    if early:
+        values = builder.op("Cast", [values], "values_float", to=int(compute))
     # Kept values of each group, split into the lower and the higher one.
     pairs_of_values = builder.op(
         "Reshape", [values, builder.const("values_shape", np.array([pre, groups, 2, post], i64))], "values_grouped"
@@ -217,17 +225,16 @@ def _decompression(
     higher = builder.op("Gather", [pairs_of_values, builder.const("second", np.array([1], i64))], "higher", axis=2)
     # dense = lower * [slot == p0] + higher * [slot == p1] + 0: a kept slot gets its value
     # exactly (plus a zero), a pruned slot 0 * x + 0 * y, whose sign the final + (+0) clears.
-    # float16 and bfloat16 go through float32 (exact both ways): onnxruntime's CPU provider
-    # has no float16 Mul, and a node it cannot run on the CPU is not folded.
-    stored = ir.DataType.from_numpy(sparse.values.dtype)
-    compute = stored if stored in (ir.DataType.FLOAT, ir.DataType.DOUBLE) else ir.DataType.FLOAT
-    if compute != stored:
+    if compute != stored and not early:
         lower = builder.op("Cast", [lower], "lower_float", to=int(compute))
         higher = builder.op("Cast", [higher], "higher_float", to=int(compute))
     from_lower = builder.op("Mul", [lower, builder.op("Cast", [at_p0], "is_p0", to=int(compute))], "from_lower")
     from_higher = builder.op("Mul", [higher, builder.op("Cast", [at_p1], "is_p1", to=int(compute))], "from_higher")
     zero = builder.const("zero", np.zeros((), dtype=compute.numpy()))
     dense = builder.op("Sum", [from_lower, from_higher, zero], "dense")  # left to right: (a + b) + 0
+    if early:  # reshaped while float, then cast: onnxruntime has no float8 Reshape either
+        dense = builder.op("Reshape", [dense, builder.const("shape", np.array(shape, i64))], "reshape_float")
+        return builder.op("Cast", [dense], "dense_stored", to=int(stored))
     if compute != stored:
         dense = builder.op("Cast", [dense], "dense_stored", to=int(stored))
     return builder.op("Reshape", [dense, builder.const("shape", np.array(shape, i64))], "reshape")
@@ -280,6 +287,14 @@ def compress_record(
     contexts = {} if contexts is None else contexts
     context = contexts.setdefault(id(owner), GraphContext(top=next(iter(owner), None), constants={}))
     tensor = source.tensor
+    grid = record.grid
+    if grid is not None and not grid.symmetric:
+        return (
+            "its zero point is not 0 and the format rebuilds pruned entries as 0, so it stays dense "
+            "(quantize with symmetric weights, as TensorRT needs anyway)"
+        )
+    if tensor.dtype in (ir.DataType.INT4, ir.DataType.UINT4):
+        return "4-bit weights stay dense: the decompression subgraph would need 4-bit Gather and Cast kernels"
     dense = tensor.numpy()
     sparse = prune_24(dense, None, record.axis)  # dense is 2:4 already: this keeps its non-zeros
     if not _same_bits(decompress(sparse), dense):

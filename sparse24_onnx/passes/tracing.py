@@ -98,7 +98,27 @@ class Dequantization:
     symmetric: bool
 
     def as_dict(self) -> dict[str, object]:
-        return {"form": self.form, "node": self.node, "scheme": self.scheme, "symmetric": self.symmetric}
+        entry: dict[str, object] = {
+            "form": self.form,
+            "node": self.node,
+            "scheme": self.scheme,
+            "symmetric": self.symmetric,
+        }
+        if not self.symmetric:
+            entry["tensorrt"] = TENSORRT_ZERO_POINT
+        return entry
+
+    @property
+    def short(self) -> str:
+        """The form in a few letters, for tables: ``DQ``, ``QDQ``, ``Cast``."""
+        return {"DequantizeLinear": "DQ", "QuantizeLinear -> DequantizeLinear": "QDQ"}.get(self.form, "Cast")
+
+
+#: Why an asymmetric weight will not build in TensorRT (onnxruntime runs it).
+TENSORRT_ZERO_POINT = (
+    "TensorRT's explicit quantization needs zero points of 0 and will refuse this weight's dequantization; "
+    "onnxruntime runs it (pruned entries are its zero point)"
+)
 
 
 @dataclass
@@ -127,14 +147,18 @@ def _is_default(node: ir.Node) -> bool:
 
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
-    """The array of a constant value (initializer or Constant node), or None."""
+    """A copy of the array of a constant value (initializer or Constant node), or None.
+
+    A copy, not a view: the tensor may be memory-mapped from external data, and
+    its mapping is released while the array is still in use (scales, zero points).
+    """
     if value is None or value.is_graph_input():
         return None
     if value.const_value is not None:
-        return value.const_value.numpy()
+        return np.array(value.const_value.numpy())
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
-        return producer.attributes["value"].value.numpy()
+        return np.array(producer.attributes["value"].value.numpy())
     return None
 
 

@@ -182,6 +182,18 @@ class _PruneRun:
         """Record every weight and whether it will be pruned (FindWeights)."""
         records = FindWeights(self.options.exclude, self.options.tc_shapes)(model).weights
         candidates = sum(r.status == Status.CANDIDATE for r in records)
+        asymmetric = [
+            r.name
+            for r in records
+            if r.status == Status.CANDIDATE and r.quantization is not None and not r.quantization.symmetric
+        ]
+        if asymmetric:
+            self.warnings.append(
+                f"{len(asymmetric)} quantized weight(s) have non-zero zero points ({', '.join(asymmetric[:3])}"
+                f"{' ...' if len(asymmetric) > 3 else ''}): pruned correctly for onnxruntime, but TensorRT's "
+                "explicit quantization needs zero points of 0 and will refuse them"
+            )
+            log.warning("%s", self.warnings[-1])
         log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
         return records
 
