@@ -3,7 +3,7 @@
     pip install -e '.[dev]'        # polygraphy is in the dev extra
     python benchmarks/bench_speed.py [--scale-gib 1 2 3] [--skip-peer-e2e]
 
-Prints five tables:
+Prints six tables:
 
 0. start-up: the import time of each dependency and of the tool's own entry
    points, each in a fresh process (best of 5), and ``sparse24 --help``, so
@@ -11,6 +11,8 @@ Prints five tables:
 1. core: weights/s of magnitude pruning on one core, mask + apply
    (``prune_24_dense``) and prune + compress (``prune_24``), several sizes,
    dtypes and both axes;
+1b. quantized weights (int8, float8 e4m3fn): the whole path ``optimize`` takes
+   (dequantize, mask by the real magnitude, write the zero point);
 2. per tensor against ``polygraphy.tools.sparse.process_tensor`` on the same
    TensorProtos (conversion to and from NumPy included on both sides);
 3. end to end, process start to saved file: ``sparse24 optimize --no-validate``
@@ -72,6 +74,39 @@ def core_table() -> None:
                 print(
                     f"{'x'.join(map(str, shape)):>12} {np.dtype(dtype).name:>8} {axis:>4} {rate / 1e6:>15.0f} "
                     f"{rate * weights.itemsize / 1e9:>6.2f} {weights.size / compressed / 1e6:>19.0f}"
+                )
+
+
+def quantized_table() -> None:
+    """Quantized weights as ``optimize`` prunes them: dequantize, mask by the real magnitude, requantize."""
+    import ml_dtypes
+
+    from sparse24_onnx.core import prune_24_dense
+    from sparse24_onnx.core.quantized import QuantGrid
+    from sparse24_onnx.passes.prune_weights import requantize
+
+    print("\n## 1b. quantized weights, whole path: dequantize + prune by real magnitude + requantize (best of 5)")
+    print(f"{'shape':>12} {'stored':>13} {'scales':>11} {'axis':>4} {'M weights/s':>12} {'stored GB/s':>12}")
+    rng = np.random.default_rng(0)
+    for shape in ((4096, 4096), (8192, 8192)):
+        real = rng.standard_normal(shape, dtype=np.float32)
+        for stored_type, limit in ((np.int8, 127), (ml_dtypes.float8_e4m3fn, 448)):
+            for axis in (0, 1):
+                # Per-channel scales along the output axis (the other one), zero points 0.
+                keep = [1, 1]
+                keep[1 - axis] = shape[1 - axis]
+                scale = (np.abs(real).max(axis=axis, keepdims=True) / limit).astype(np.float32).reshape(keep)
+                grid = QuantGrid(np.dtype(stored_type), scale, np.zeros((1, 1), stored_type))
+                stored = grid.quantize(real)
+
+                def run(q=stored, g=grid, a=axis):
+                    values = g.dequantize(q)
+                    return requantize(g, q, prune_24_dense(values, a), values_kept=True)
+
+                seconds = best_of(run, 5)
+                print(
+                    f"{'x'.join(map(str, shape)):>12} {np.dtype(stored_type).name:>13} {'per-channel':>11} "
+                    f"{axis:>4} {stored.size / seconds / 1e6:>12.0f} {stored.nbytes / seconds / 1e9:>12.2f}"
                 )
 
 
@@ -272,6 +307,7 @@ def main() -> None:
         startup_table()
     if "core" in only:
         core_table()
+        quantized_table()
     if "tensor" in only:
         per_tensor_table()
     with tempfile.TemporaryDirectory(dir=".") as tmp:

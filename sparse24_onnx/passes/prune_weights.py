@@ -195,7 +195,7 @@ def requantize(grid: QuantGrid, stored: np.ndarray, pruned: np.ndarray, *, value
     value when the method kept the values, else are put back on the grid.
     """
     if values_kept:
-        return np.where(pruned != 0, stored, np.broadcast_to(np.asarray(grid.zero_point, stored.dtype), stored.shape))
+        return grid.keep(stored, pruned != 0)
     return grid.quantize(pruned)
 
 
