@@ -1,4 +1,7 @@
-"""Damaged model files (seeded random byte changes) end with exit code 0, 1 or 2, never an internal error.
+"""Damaged files (seeded random byte changes) end with exit code 0, 1 or 2, never an internal error.
+
+Models, ``.npz`` feed files (for ``--inputs`` and ``--calibration``), and ModelProtos handed to the
+Python API.
 
 Each command runs in process on copies of a small model and of its compressed form with a
 few bytes changed, mostly in the graph structure and in the tensors at the end of the
@@ -61,4 +64,49 @@ def test_damaged_models_never_cause_an_internal_error(models_dir, tmp_path, form
                     code = f"raised {type(error).__name__}: {error}"
             if code not in (0, 1, 2):
                 failures.append((case, name, code, errors.getvalue().strip()[-200:]))
+    assert not failures, failures
+
+
+def test_damaged_feed_files_never_cause_an_internal_error(models_dir, tmp_path):
+    import numpy as np
+
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32))
+    data = good.read_bytes()
+    rng = random.Random(20261201)
+    failures = []
+    for case in range(30):
+        feed = tmp_path / f"feed{case}.npz"
+        feed.write_bytes(damaged(data, rng))
+        for option in (["--inputs", str(feed)], ["--method", "wanda", "--calibration", str(feed)]):
+            errors = io.StringIO()
+            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    code = optimize_main([str(models_dir / "mlp.onnx"), str(tmp_path / "o.onnx"), "-q", *option])
+                except BaseException as error:
+                    code = f"raised {type(error).__name__}: {error}"
+            if code not in (0, 1, 2):
+                failures.append((case, option[-2], code, errors.getvalue().strip()[-200:]))
+    assert not failures, failures
+
+
+def test_damaged_model_protos_given_to_the_api_raise_only_bad_input(models_dir, tmp_path):
+    import onnx
+
+    from sparse24_onnx import BadInput, prune_model
+
+    data = (models_dir / "mlp.onnx").read_bytes()
+    rng = random.Random(7)
+    failures = []
+    for case in range(30):
+        try:
+            proto = onnx.load_model_from_string(damaged(data, rng))
+        except Exception:
+            continue  # not even a ModelProto: nothing to hand to the API
+        try:
+            prune_model(proto, tmp_path / f"o{case}.onnx", validate=False)
+        except BadInput:
+            pass
+        except BaseException as error:
+            failures.append((case, f"{type(error).__name__}: {error}"[:200]))
     assert not failures, failures

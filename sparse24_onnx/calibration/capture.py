@@ -133,17 +133,16 @@ def input_rows(array: np.ndarray, layout: str | ConvPatches) -> np.ndarray:
 def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list[tuple[ir.Value, str]]]:
     """Per weight, the main-graph activations that feed its products (weights elsewhere are left out).
 
-    The products are found by the names the tracing recorded (``record.uses``),
-    so weights reaching them through casts, transposes or dequantization count
-    too.  A convolution whose weight was transposed or reshaped on the way is
-    left out (its im2col view would not match the stored layout).
+    The products are the nodes the tracing reached (``record.uses``), so weights
+    reaching them through casts, transposes or dequantization count too.  A
+    convolution whose weight was transposed or reshaped on the way is left out
+    (its im2col view would not match the stored layout).
     """
-    by_name = {node.name: node for node in model.graph if node.name}
     found: dict[str, list[tuple[ir.Value, str]]] = {}
     for record in records:
         pairs = []
         for use in record.uses:
-            node = by_name.get(use.node)
+            node = use.ref if use.ref is not None and use.ref.graph is model.graph else None
             reordered = any(op in ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze") for op in use.via)
             data = None if node is None else _data_value(node, use.input_index)
             if data is None or data[0] is None or not data[0].name or (node.op_type == "Conv" and reordered):

@@ -113,6 +113,10 @@ def write_report(path: str | None, document: dict[str, object]) -> None:
     """Write the report: ``-`` means stdout, a file is replaced atomically (see :func:`report.write_json`)."""
     if path is None:
         return
+    from ..errors import BadInput
     from ..report import write_json
 
-    write_json(path, document)
+    try:
+        write_json(path, document)
+    except OSError as error:
+        raise BadInput(f"--report {path}: cannot write the report ({error.strerror or error})") from None

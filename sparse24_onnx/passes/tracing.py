@@ -74,6 +74,8 @@ class WeightUse:
     axis: int
     via: tuple[str, ...] = ()
     out_axis: int | None = None
+    #: The node itself (for finding its inputs; names can be empty or repeated).
+    ref: ir.Node | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -382,7 +384,9 @@ class _Tracer:
                 )
                 return
             trace.uses.append(
-                WeightUse(node.name or "", node.op_type, index, step.mapping[axis], step.via, step.mapping[out_axis])
+                WeightUse(
+                    node.name or "", node.op_type, index, step.mapping[axis], step.via, step.mapping[out_axis], node
+                )
             )
         elif problem:
             trace.problems.append(problem)

@@ -152,12 +152,17 @@ class _PruneRun:
             StagedOutput(out, external_data=external, input_files=input_files) as staged,
             ExitStack() as stack,
         ):
+            # Pre-flight, silent: every check that can refuse the run comes before the first progress line.
+            records = self.find(model)
+            method = self.gradient_method(records)
+            session, calibration, feeds = self.feeds(model)
             log.info("loaded %s (%s)", self.label, _size(model))
             for line in self.warnings:
                 log.warning("%s", line)
-            records = self.find(model)
-            method = self.gradient_method(records)
-            calibration, validation = self.feeds_and_reference(model)
+            candidates = sum(r.status == Status.CANDIDATE for r in records)
+            log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
+            validation = self.reference(session, feeds)
+            del session  # free the input's session (its copy of the weights) before pruning
             self.permute(model)
             method = self.calibrate(model, calibration) or method
             budget = None
@@ -181,7 +186,6 @@ class _PruneRun:
     def find(self, model: ir.Model) -> list[WeightRecord]:
         """Record every weight and whether it will be pruned (FindWeights)."""
         records = FindWeights(self.options.exclude, self.options.tc_shapes)(model).weights
-        candidates = sum(r.status == Status.CANDIDATE for r in records)
         asymmetric = [
             r.name
             for r in records
@@ -193,8 +197,6 @@ class _PruneRun:
                 f"{' ...' if len(asymmetric) > 3 else ''}): pruned correctly for onnxruntime, but TensorRT's "
                 "explicit quantization needs zero points of 0 and will refuse them"
             )
-            log.warning("%s", self.warnings[-1])
-        log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
         return records
 
     def gradient_method(self, records: list[WeightRecord]) -> PruneMethod:
@@ -211,18 +213,20 @@ class _PruneRun:
             self.warnings.append(f"--gradients: {len(unknown)} key(s) match no weight of the model ({shown})")
         return GradientMethod(gradients)
 
-    def feeds_and_reference(self, model: ir.Model) -> tuple[FeedSet | None, _Validation | None]:
-        """Read the calibration feeds; make the validation feeds and run the original model on them."""
+    def feeds(self, model: ir.Model) -> tuple[object, FeedSet | None, FeedSet | None]:
+        """An onnxruntime session on the input, the calibration feeds and the validation feeds (pre-flight).
+
+        One session serves both the feeds' input specs and the reference run.
+        """
         options = self.options
         if options.calibration is None and not options.validate:
-            return None, None
-        # One onnxruntime session on the input serves both the feeds' specs and validation.
+            return None, None, None
         session = open_session(self.input, role="input")
         specs = InputSpec.from_session(session)
         calibration = None
         if options.calibration is not None:
             calibration = load_feeds(options.calibration, specs, option="--calibration")
-        validation = None
+        feeds = None
         if options.validate:
             if options.inputs is not None:
                 feeds = load_feeds(options.inputs, specs)
@@ -236,17 +240,21 @@ class _PruneRun:
                     seed=options.seed or 0,
                     count=options.num_feeds or 1,
                 )
-            for entry in feeds.inputs:
-                shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
-                assumed = entry.get("assumed")
-                extra = f"; assumed {assumed}" if assumed else ""
-                log.info("input %s: %s %s, %s%s", entry["name"], entry["dtype"], shapes, entry["values"], extra)
-            log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
-            reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
-            names = [o.name for o in session.get_outputs()]
-            validation = _Validation(feeds, names, reference, session_provider(session))
-        del session  # free the input's session (its copy of the weights) before pruning
-        return calibration, validation
+        return session, calibration, feeds
+
+    def reference(self, session, feeds: FeedSet | None) -> _Validation | None:
+        """Run the original model on the validation feeds (said first, input by input)."""
+        if feeds is None:
+            return None
+        for entry in feeds.inputs:
+            shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
+            assumed = entry.get("assumed")
+            extra = f"; assumed {assumed}" if assumed else ""
+            log.info("input %s: %s %s, %s%s", entry["name"], entry["dtype"], shapes, entry["values"], extra)
+        log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
+        reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
+        names = [o.name for o in session.get_outputs()]
+        return _Validation(feeds, names, reference, session_provider(session))
 
     def permute(self, model: ir.Model) -> None:
         if self.options.permute:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,8 +401,10 @@ def _read_npz(file: Path, option: str) -> dict[str, np.ndarray]:
             raise BadInput(f"{option} {file}: holds one unnamed array (.npy); save the inputs by name with numpy.savez")
         with data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise BadInput(f"{option} {file}: not a readable .npz file ({error})") from None
+    except BadInput:
+        raise
+    except Exception as error:  # zipfile, zlib and numpy raise many kinds for a damaged archive
+        raise BadInput(f"{option} {file}: not a readable .npz file ({type(error).__name__}: {error})") from None
 
 
 def _check_feed(arrays: Mapping[str, object], specs: list[InputSpec], where: str) -> tuple[Feed, set[str]]:
