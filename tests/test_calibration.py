@@ -82,7 +82,8 @@ def test_captured_statistics_are_those_of_the_layer_inputs(models_dir):
     x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
     assert stats["fc0.weight"].rows == 12
     np.testing.assert_allclose(stats["fc0.weight"].sq_norm, (x**2).sum(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(stats["fc0.weight"].hessian, x.T @ x, rtol=1e-6)
+    reference = x.T @ x  # accumulated in float32: exact to float32's precision of the largest entries
+    np.testing.assert_allclose(stats["fc0.weight"].hessian, reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
     # fc1 reads Relu(x @ fc0 + b0): check against onnxruntime's own intermediate.
     w0 = model.graph.initializers["fc0.weight"].const_value.numpy()
     b0 = model.graph.initializers["fc0.bias"].const_value.numpy()
@@ -106,6 +107,8 @@ def test_methods_from_the_command_line(models_dir, tmp_path):
         report = tmp_path / f"{method}.json"
         extra = [] if method == "magnitude" else ["--calibration", str(calibration)]
         args = [str(models_dir / "transformer.onnx"), str(tmp_path / f"{method}.onnx"), "-q", "--method", method]
+        if method != "magnitude":
+            extra.append("--no-tune")  # the methods as published: no per-layer choice
         assert optimize_main([*args, "--inputs", str(held_out), "--report", str(report), *extra]) == 0
         document = json.loads(report.read_text())
         errors[method] = document["validation"]["worst_rel_l2_error"]
@@ -113,7 +116,7 @@ def test_methods_from_the_command_line(models_dir, tmp_path):
         assert len(pruned) == 6
         if method != "magnitude":
             for entry in pruned:
-                assert entry["calibration"]["method"] == method
+                assert entry["calibration"]["solver"] == method
                 assert entry["calibration"]["samples"] == 8 * 2 * 16
                 assert 0 < entry["calibration"]["layer_output_error"] < 1
     assert errors["sparsegpt"] < errors["magnitude"]
@@ -133,8 +136,9 @@ def test_calibration_errors_are_one_line(models_dir, tmp_path):
         (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz")], "no array for input"),
         (["--method", "wanda", "--calibration", str(tmp_path / "bad.npz")], f"--calibration {tmp_path / 'bad.npz'}:"),
         (["--method", "wanda", "--calibration", str(tmp_path / "none.npz")], "--calibration"),
-        (["--calibration", str(tmp_path / "bad.npz")], "used with --method wanda or sparsegpt"),
-        (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz"), "--damp", "2"], "--damp"),
+        (["--calibration", str(tmp_path / "bad.npz")], "used with --method wanda, sparsegpt or admm"),
+        (["--method", "sparsegpt", "--calibration", str(tmp_path / "bad.npz"), "--damp", "20"], "--damp"),
+        (["--damp", "0.1"], "--damp and --no-tune go with --method"),
     ]
     for args, message in cases:
         result = subprocess.run(
@@ -253,6 +257,7 @@ def test_sequential_calibrates_each_layer_on_the_already_pruned_model(models_dir
         np.savez(tmp_path / "cal" / f"{i}.npz", x=x)
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
     args = [str(models_dir / "mlp.onnx"), str(out), "-q", "--no-validate", "--method", "wanda", "--sequential"]
+    args.append("--no-tune")  # plain Wanda, so that the mask can be checked against its formula
     assert optimize_main([*args, "--calibration", str(tmp_path / "cal"), "--report", str(report)]) == 0
     entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     assert all(entries[f"fc{i}.weight"]["calibration"]["sequential"] for i in range(3))
@@ -309,7 +314,7 @@ def test_sparsegpt_on_convolutions_uses_the_im2col_view(models_dir):
     pruned = SparseGPTMethod(stats).prune(records["c2.weight"], weights)
     m, c = pruned.shape[:2]
     assert ((pruned.reshape(m, c // 4, 4, -1) != 0).sum(axis=2) <= 2).all()  # TensorRT's rule
-    assert records["c2.weight"].calibration["method"] == "sparsegpt (im2col)"
+    assert records["c2.weight"].calibration["method"] == "sparsegpt (damp 0.01) (im2col)"
     h = stats["c2.weight"].hessian
     magnitude = prune_24_dense(weights, 1)
     ours = layer_output_error(_conv_rows(weights), _conv_rows(pruned), h)
@@ -325,7 +330,7 @@ def test_refit_solves_each_rows_least_squares_problem():
     w = rng.standard_normal((6, k))
     h = x.T @ x
     mask_source = prune_24_dense(w, 1)
-    refit = refit_kept(w, mask_source, h, damp=0.0)
+    refit = refit_kept(w, mask_source, h, damp=0.0, tolerance=1e-12)
     assert ((refit != 0) == (mask_source != 0)).all()  # the mask is kept
     for row in range(6):
         kept = np.flatnonzero(mask_source[row])
@@ -341,11 +346,12 @@ def test_refit_from_the_command_line(models_dir, tmp_path):
         report = tmp_path / f"r{len(extra)}.json"
         args = [str(models_dir / "transformer.onnx"), str(tmp_path / f"o{len(extra)}.onnx"), "-q", "--method", "wanda"]
         args += ["--calibration", str(calibration), "--inputs", str(held_out), "--report", str(report), *extra]
+        args.append("--no-tune")
         assert optimize_main(args) == 0
         document = json.loads(report.read_text())
         errors[bool(extra)] = document["validation"]["worst_rel_l2_error"]
         layer = {t["name"]: t for t in document["tensors"]}["ffn.down.weight"]["calibration"]
-        assert layer.get("refit") is (True if extra else None)
+        assert layer["refit"] is bool(extra)
     assert errors[True] < errors[False]
 
 
@@ -356,7 +362,7 @@ def test_calibrated_methods_on_convolutions_and_gemm(models_dir, tmp_path, metho
     for i in range(3):
         np.savez(tmp_path / "cal" / f"{i}.npz", x=rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
     report = tmp_path / "r.json"
-    args = [str(models_dir / "cnn_bn.onnx"), str(tmp_path / "o.onnx"), "-q", "--method", method, "--refit"]
+    args = [str(models_dir / "cnn_bn.onnx"), str(tmp_path / "o.onnx"), "-q", "--method", method, "--refit", "--no-tune"]
     assert optimize_main([*args, "--calibration", str(tmp_path / "cal"), "--report", str(report)]) == 0
     entries = {t["name"]: t for t in json.loads(report.read_text())["tensors"]}
     for name in ("c1.weight", "c2.weight", "g1.weight", "g2.weight"):  # Conv, Conv, Gemm transB=1, Gemm
@@ -365,5 +371,5 @@ def test_calibrated_methods_on_convolutions_and_gemm(models_dir, tmp_path, metho
         assert calibration["refit"] is True
         assert 0 <= calibration["layer_output_error"] < 1
     if method == "sparsegpt":
-        assert entries["c2.weight"]["calibration"]["method"] == "sparsegpt (im2col)"
-        assert entries["g1.weight"]["calibration"]["method"] == "sparsegpt"
+        assert entries["c2.weight"]["calibration"]["method"] == "sparsegpt (damp 0.01) + refit (im2col)"
+        assert entries["g1.weight"]["calibration"]["method"] == "sparsegpt (damp 0.01) + refit"

@@ -1,54 +1,83 @@
 """Calibration: the statistics of each prunable layer's input, captured with onnxruntime.
 
-The input activation of every weight's layer is exposed as an extra graph
-output, the model runs on each calibration feed, and per weight the running
-sums that the methods need are accumulated: ``sum of X_j^2`` per reduction
-index ``j`` (Wanda) and ``X^T X`` (SparseGPT, and the layer output error in the
-report).  Only one feed's activations are held at a time.
+The activations that feed the weights' layers are exposed as extra graph
+outputs, the model runs on each calibration feed, and per *distinct layer input*
+the running sums the methods need are accumulated: ``sum of X_j^2`` per reduction
+index ``j`` (Wanda) and ``X^T X`` (SparseGPT, ADMM, the refit, the layer output
+error).  Weights that read the same input (q/k/v projections, gate/up) share one
+statistics object.  Only one feed's activations are held at a time.
 
 ``X`` is the layer input seen as rows of ``K`` features, ``K`` the weight's
 reduction axis: ``MatMul(X, W)`` and ``Gemm(X, W)`` read ``X``'s last axis
 (a transposed ``X`` of a ``Gemm`` with ``transA=1`` is turned back), ``MatMul(W, X)``
 its second-to-last, and ``Conv`` its channels (axis 1).  A weight used by several
 nodes gets the sum over all of them.
+
+Precision and memory: each feed's ``X^T X`` is one float32 matrix product (what
+BLAS does fastest) added into a float32 total; solvers read the totals as float64.
+``held_out`` keeps the part of ``X^T X`` from held-out rows (every 4th feed, or
+every 4th row when there are fewer than 4 feeds), from which the methods choose
+what generalises.  When the statistics of all layers would exceed ``memory_bytes``,
+the layers are captured in several passes over the calibration feeds, a group
+at a time, each group's statistics written to ``spill`` (memory-mapped back), so
+memory holds one group's statistics at most.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from ..modelio.writer import write_embedded
 from ..passes.weights import WeightRecord
-from ..validation.sessions import open_session, run_feeds
+from ..validation.sessions import open_model_session, run_feeds
 
-__all__ = ["LayerStats", "collect_stats", "input_rows"]
+__all__ = ["LayerStats", "collect_stats", "input_rows", "permute_stats", "stats_bytes"]
 
-#: Largest K for which X^T X is accumulated (K x K float64).
-MAX_HESSIAN_K = 8192
+log = logging.getLogger("sparse24_onnx")
+
+#: Largest K for which X^T X is accumulated (K x K float32).
+MAX_HESSIAN_K = 16384
 
 
 @dataclass
 class LayerStats:
-    """Running input statistics of one weight's layer(s).
+    """Running input statistics of one layer input (shared by every weight that reads it).
 
     Attributes:
-        rows: Number of input rows (tokens, pixels ...) seen.
-        sq_norm: ``(K,)`` sum of the squares of each input feature.
-        hessian: ``(K, K)`` ``X^T X``, or None when not collected (K too large).
-            For a 2-D Conv it is over the im2col patches, ``K = kh * kw * C`` with
-            the channels fastest (``im2col`` is then True), while ``sq_norm`` stays
-            per input channel.
+        rows: Number of input rows (tokens, pixels ...) seen, held-out ones included.
+        sq_norm: ``(K,)`` sum of the squares of each input feature (float64).
+        hessian: ``(K, K)`` ``X^T X`` over all rows (float32; memory-mapped when
+            spilled), or None when not collected (K too large).  For a 2-D Conv it is
+            over the im2col patches, ``K = kh * kw * C`` with the channels fastest
+            (``im2col`` is then True), while ``sq_norm`` stays per input channel.
+        held_out: The part of ``hessian`` from the held-out rows, or None.
+        held_out_rows: How many rows that is.
     """
 
     rows: int
     sq_norm: np.ndarray
     hessian: np.ndarray | None
     im2col: bool = False
+    held_out: np.ndarray | None = None
+    held_out_rows: int = 0
+
+    def fit_hessian(self) -> np.ndarray:
+        """``X^T X`` over the rows that are not held out (float64)."""
+        total = np.asarray(self.hessian, dtype=np.float64)
+        return total if self.held_out is None else total - np.asarray(self.held_out, dtype=np.float64)
+
+    def full_hessian(self) -> np.ndarray:
+        """``X^T X`` over every row (float64)."""
+        return np.asarray(self.hessian, dtype=np.float64)
+
+    def held_out_hessian(self) -> np.ndarray | None:
+        return None if self.held_out is None else np.asarray(self.held_out, dtype=np.float64)
 
 
 def _data_value(node: ir.Node, index: int) -> tuple[ir.Value, str | ConvPatches] | None:
@@ -104,7 +133,7 @@ class ConvPatches:
         (sh, sw), (dh, dw) = self.strides, self.dilations
         h_out = (h - dh * (kh - 1) - 1) // sh + 1
         w_out = (w - dw * (kw - 1) - 1) // sw + 1
-        patches = np.empty((n, h_out, w_out, kh, kw, c))
+        patches = np.empty((n, h_out, w_out, kh, kw, c), dtype=x.dtype)
         for i in range(kh):  # one strided slice per kernel position, whole arrays each
             for j in range(kw):
                 window = x[
@@ -113,10 +142,13 @@ class ConvPatches:
                 patches[:, :, :, i, j, :] = window.transpose(0, 2, 3, 1)
         return patches.reshape(n * h_out * w_out, kh * kw * c)
 
+    def features(self, channels: int) -> int:
+        return self.kernel[0] * self.kernel[1] * channels if self.kernel else channels
 
-def input_rows(array: np.ndarray, layout: str | ConvPatches) -> np.ndarray:
+
+def input_rows(array: np.ndarray, layout: str | ConvPatches, dtype=np.float64) -> np.ndarray:
     """An activation as ``(n, K)`` rows of features (see the module docstring); per channel for a Conv."""
-    array = np.asarray(array, dtype=np.float64)
+    array = np.asarray(array, dtype=dtype)
     if isinstance(layout, ConvPatches):
         layout = "channels"
     if layout == "last":
@@ -154,62 +186,217 @@ def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list
     return found
 
 
+@dataclass
+class _Input:
+    """One distinct layer input being captured: the value, how its rows are read, its K."""
+
+    value: ir.Value
+    layout: str | ConvPatches
+    features: int  # K of the Hessian (im2col: kh * kw * C)
+    channels: int  # K of sq_norm
+    stats: LayerStats | None = None
+    weights: list[str] = field(default_factory=list)
+
+
+def stats_bytes(features: int, channels: int, *, hessian: bool, hold_out: bool) -> int:
+    """Bytes one layer input's statistics take (float32 ``X^T X``, its held-out part, float64 ``sq_norm``)."""
+    matrices = (2 if hold_out else 1) if hessian and features <= MAX_HESSIAN_K else 0
+    return matrices * features * features * 4 + channels * 8
+
+
 def collect_stats(
     model: ir.Model,
     records: list[WeightRecord],
     feeds: list[dict[str, np.ndarray]],
     *,
     hessian: bool = True,
+    hold_out: bool = False,
+    memory_bytes: int | None = None,
+    spill: Path | None = None,
     hint: str = "check the arrays of --calibration",
 ) -> dict[str, LayerStats]:
-    """Run the model on ``feeds`` and accumulate each weight's input statistics.
+    """Run the model on ``feeds`` and accumulate the statistics of each weight's layer input.
 
-    The model is written (every tensor embedded) to a temporary file with the
-    activations added as outputs, and loaded into onnxruntime once; the model
-    object itself is left as it was.
+    Args:
+        hessian: Accumulate ``X^T X`` (else only ``sum of X_j^2``).
+        hold_out: Also keep the held-out part of ``X^T X`` (see the module docstring).
+        memory_bytes: Budget for the statistics held in memory at once; above it the
+            layers are captured in several passes, each group spilled to ``spill``.
+        spill: A folder for spilled statistics (default: a temporary one, removed at once:
+            the spilled matrices stay memory-mapped until the returned statistics go).
+
+    Returns:
+        Per weight name, its statistics (shared between weights that read the same input;
+        summed over the inputs of a weight used by several nodes).  The model is left
+        as it was.
     """
-    inputs = layer_inputs(model, records)
-    values = {id(v): v for pairs in inputs.values() for v, _ in pairs}
-    if not values:
+    per_weight = layer_inputs(model, records)
+    by_record = {r.name: r for r in records}
+    inputs: dict[tuple[int, object], _Input] = {}
+    for weight, pairs in per_weight.items():
+        record = by_record[weight]
+        k = int(record.shape[record.axis]) if record.axis is not None else 1
+        for value, layout in pairs:
+            key = (id(value), layout)
+            if key not in inputs:  # sizes for the memory estimate (the arrays take the activations' own)
+                im2col = isinstance(layout, ConvPatches) and layout.kernel is not None
+                inputs[key] = _Input(value, layout, layout.features(k) if im2col else k, k)
+            inputs[key].weights.append(weight)
+    if not inputs:
         return {}
+    groups = _passes(list(inputs.values()), hessian, hold_out, memory_bytes)
+    with tempfile.TemporaryDirectory(prefix="sparse24-stats-", ignore_cleanup_errors=True) as own:
+        folder = spill or Path(own)
+        for number, group in enumerate(groups, start=1):
+            if len(groups) > 1:
+                log.info("capture pass %d/%d: %d layer inputs", number, len(groups), len(group))
+            _capture(model, group, feeds, hessian=hessian, hold_out=hold_out, hint=hint)
+            if len(groups) > 1:
+                for item in group:
+                    _spill(item, folder)
+        # Spilled matrices stay mapped after their files are removed (POSIX), so the folder can go.
+    stats: dict[str, LayerStats] = {}
+    for weight, pairs in per_weight.items():
+        parts = [inputs[(id(value), layout)].stats for value, layout in pairs]
+        unique = list({id(p): p for p in parts if p is not None}.values())
+        if unique:
+            stats[weight] = unique[0] if len(unique) == 1 else _sum(unique)
+    return stats
+
+
+def _passes(items: list[_Input], hessian: bool, hold_out: bool, memory_bytes: int | None) -> list[list[_Input]]:
+    """Groups of layer inputs whose statistics fit the budget together (in graph order), one pass each."""
+    if memory_bytes is None:
+        return [items]
+    groups: list[list[_Input]] = [[]]
+    used = 0
+    for item in items:
+        size = stats_bytes(item.features, item.channels, hessian=hessian, hold_out=hold_out)
+        if groups[-1] and used + size > memory_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += size
+    return groups
+
+
+def _capture(
+    model: ir.Model,
+    group: list[_Input],
+    feeds: list[dict[str, np.ndarray]],
+    *,
+    hessian: bool,
+    hold_out: bool,
+    hint: str,
+) -> None:
     outputs = list(model.graph.outputs)
-    added = [v for v in values.values() if v not in outputs]
+    values = list({id(item.value): item.value for item in group}.values())
+    added = [v for v in values if v not in outputs]
     model.graph.outputs.extend(added)
+    by_feed = hold_out and len(feeds) >= 4
     try:
         with tempfile.TemporaryDirectory(prefix="sparse24-calibration-") as folder:
-            path = Path(folder) / "calibration.onnx"
-            write_embedded(model, path)
-            session = open_session(path, role="output")
+            session = open_model_session(model, Path(folder) / "calibration.onnx")
             names = [o.name for o in session.get_outputs()]
-            stats: dict[str, LayerStats] = {}
-            for feed in feeds:
+            last = time.monotonic()
+            for index, feed in enumerate(feeds):
+                if time.monotonic() - last > 5:
+                    last = time.monotonic()
+                    log.info("calibration feed %d/%d", index + 1, len(feeds))
                 run = dict(zip(names, run_feeds(session, [feed], hint=hint)[0], strict=True))
-                for weight, pairs in inputs.items():
-                    for value, layout in pairs:
-                        rows = input_rows(run[value.name], layout)
-                        patches = None
-                        if hessian and isinstance(layout, ConvPatches) and layout.kernel is not None:
-                            patches = layout.rows(np.asarray(run[value.name], dtype=np.float64))
-                        _accumulate(stats, weight, rows, hessian, patches)
+                held = hold_out and by_feed and index % 4 == 3
+                for item in group:
+                    _accumulate(item, run[item.value.name], hessian, held=held, split_rows=hold_out and not by_feed)
                 del run
             del session
     finally:
         for value in added:
             model.graph.outputs.remove(value)
-    return stats
 
 
-def _accumulate(
-    stats: dict[str, LayerStats], weight: str, rows: np.ndarray, hessian: bool, patches: np.ndarray | None = None
-) -> None:
-    k = rows.shape[1]
-    features = patches if patches is not None else rows
-    current = stats.get(weight)
-    if current is None:
+def _accumulate(item: _Input, activation: np.ndarray, hessian: bool, *, held: bool, split_rows: bool) -> None:
+    rows = input_rows(activation, item.layout, dtype=np.float32)
+    features = rows
+    if hessian and isinstance(item.layout, ConvPatches) and item.layout.kernel is not None:
+        features = item.layout.rows(np.asarray(activation, dtype=np.float32))
+    stats = item.stats
+    if stats is None:
         want = hessian and features.shape[1] <= MAX_HESSIAN_K
-        h = np.zeros((features.shape[1],) * 2) if want else None
-        current = stats[weight] = LayerStats(0, np.zeros(k), h, im2col=patches is not None)
-    current.rows += rows.shape[0]
-    current.sq_norm += np.einsum("nk,nk->k", rows, rows)
-    if current.hessian is not None:
-        current.hessian += features.T @ features
+        k = features.shape[1]
+        stats = item.stats = LayerStats(
+            0,
+            np.zeros(rows.shape[1]),
+            np.zeros((k, k), np.float32) if want else None,
+            im2col=features is not rows,
+            held_out=np.zeros((k, k), np.float32) if want and (held or split_rows) else None,
+        )
+    stats.rows += rows.shape[0]
+    stats.sq_norm += np.einsum("nk,nk->k", rows, rows, dtype=np.float64)
+    if stats.hessian is None:
+        return
+    product = features.T @ features  # one float32 matrix product (BLAS)
+    stats.hessian += product
+    if held or split_rows:
+        if stats.held_out is None:
+            stats.held_out = np.zeros_like(stats.hessian)
+        if held:
+            stats.held_out += product
+            stats.held_out_rows += features.shape[0]
+        else:
+            part = features[3::4]
+            stats.held_out += part.T @ part
+            stats.held_out_rows += part.shape[0]
+
+
+def _spill(item: _Input, folder: Path) -> None:
+    """Write an input's matrices to ``folder`` and map them back (read-only), freeing the memory."""
+    stats = item.stats
+    if stats is None:
+        return
+    for attribute in ("hessian", "held_out"):
+        array = getattr(stats, attribute)
+        if array is None:
+            continue
+        path = folder / f"{id(item)}.{attribute}.npy"
+        np.save(path, array)
+        setattr(stats, attribute, np.load(path, mmap_mode="r"))
+
+
+def _sum(parts: list[LayerStats]) -> LayerStats:
+    """Statistics of a weight read by several layer inputs: the sums."""
+    first = parts[0]
+    total = LayerStats(
+        sum(p.rows for p in parts),
+        sum(p.sq_norm for p in parts),
+        None if any(p.hessian is None for p in parts) else sum(np.asarray(p.hessian) for p in parts),
+        im2col=first.im2col,
+        held_out=None if any(p.held_out is None for p in parts) else sum(np.asarray(p.held_out) for p in parts),
+        held_out_rows=sum(p.held_out_rows for p in parts),
+    )
+    return total
+
+
+def permute_stats(stats: LayerStats, perm: np.ndarray) -> LayerStats:
+    """The statistics of a layer input whose channels were reordered by ``perm`` (a new object).
+
+    ``sq_norm`` is per channel; ``X^T X`` per feature, which for im2col statistics
+    is ``kh * kw`` kernel positions of all channels each, channels fastest.
+    """
+    perm = np.asarray(perm)
+    channels = stats.sq_norm.shape[0]
+    order = perm
+    if stats.hessian is not None and stats.hessian.shape[0] != channels:
+        positions = stats.hessian.shape[0] // channels
+        order = (np.arange(positions)[:, None] * channels + perm[None, :]).reshape(-1)
+
+    def square(matrix):
+        return None if matrix is None else np.asarray(matrix)[np.ix_(order, order)]
+
+    return LayerStats(
+        stats.rows,
+        stats.sq_norm[perm],
+        square(stats.hessian),
+        im2col=stats.im2col,
+        held_out=square(stats.held_out),
+        held_out_rows=stats.held_out_rows,
+    )

@@ -1,18 +1,22 @@
-"""Pruning methods: how the importance of each weight element is scored.
+"""Pruning methods: how the kept elements of each group of 4 are chosen, and what they become.
 
 A method turns one weight tensor into its dense 2:4-pruned version (or says why
 it cannot), so the prune pass does not care which rule chose the kept elements.
-New methods (activation-aware, Hessian-based) implement the same two members.
+Magnitude and gradient need no data; the calibrated methods (Wanda, SparseGPT,
+ADMM) work from the layer inputs' statistics and choose per layer, on held-out
+calibration rows, what generalises (:class:`CalibratedMethod`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..core import gradient_importance, prune_24_dense
+from ..core.admm import admm_24
 from ..core.quantized import QuantGrid
 from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
 from ..errors import BadInput
@@ -21,6 +25,8 @@ from ..passes.weights import WeightRecord
 from .capture import LayerStats
 
 __all__ = [
+    "ADMMMethod",
+    "CalibratedMethod",
     "GradientMethod",
     "MagnitudeMethod",
     "Precomputed",
@@ -130,104 +136,271 @@ class _MatrixView:
         return np.ascontiguousarray(array).astype(dtype)
 
 
-#: Largest K for which ``--refit`` solves each row's least-squares problem.
-REFIT_MAX_K = 2048
+#: Largest K for which the kept weights are refit (conjugate gradients: tens of (rows, K) @ (K, K) products).
+REFIT_MAX_K = 4096
+#: Rows of a weight the candidates are compared on (a fixed random sample when there are more).
+TUNE_ROWS = 256
+#: Dampening grid the tuned methods choose from (fractions of the Hessian's mean diagonal).
+DAMP_GRID = (0.01, 0.1, 0.5)
+#: Dampening of the untuned methods (``tune=False``): SparseGPT's and ADMM's papers' defaults.
+DEFAULT_DAMP = {"sparsegpt": 0.01, "admm": 0.1, "wanda": 0.01}
+#: The calibrated method families, weakest first.
+FAMILIES = ("wanda", "sparsegpt", "admm")
 
 
-class _Calibrated:
-    """Shared by the calibration-aware methods: statistics per weight, the refit, notes for the report.
+@dataclass(frozen=True)
+class Config:
+    """One way to prune a layer: how the mask (and the kept weights) are chosen, and whether they are refit.
+
+    ``solver`` is ``magnitude``, ``wanda``, ``sparsegpt`` or ``admm``; ``damp`` the
+    Hessian dampening of SparseGPT, ADMM and the refit.
+    """
+
+    solver: str
+    damp: float = 0.01
+    refit: bool = False
+
+    @property
+    def label(self) -> str:
+        text = self.solver if self.solver in ("magnitude", "wanda") else f"{self.solver} (damp {self.damp:g})"
+        return text + (" + refit" if self.refit else "")
+
+    def solve(self, w: np.ndarray, h: np.ndarray, grid: QuantGrid | None) -> np.ndarray:
+        """The pruned ``(rows, K)`` weights for weights ``w`` and ``H = X^T X`` (float64)."""
+        if self.solver == "magnitude":
+            pruned = prune_24_dense(w, 1)
+        elif self.solver == "wanda":
+            pruned = prune_24_dense(w, 1, np.abs(w) * np.sqrt(np.maximum(np.diag(h), 0.0)))
+        elif self.solver == "sparsegpt":
+            pruned = sparsegpt_24(w, h, damp=self.damp, grid=grid)
+        else:
+            pruned = admm_24(w, h, damp=self.damp, grid=grid)
+        if self.refit:
+            pruned = refit_kept(w, pruned, h, damp=self.damp)
+            if grid is not None:  # back onto the stored weight's grid: the errors include the rounding
+                pruned = grid.round(pruned)
+        return np.asarray(pruned, dtype=np.float64)
+
+
+def candidates(family: str, k: int, damp: float | None, refit: bool | None) -> list[Config]:
+    """What a tuned method of ``family`` chooses from for a layer with ``K = k`` (refit candidates come later).
+
+    Always magnitude and Wanda (so that a calibrated method is never worse than
+    magnitude on held-out rows); SparseGPT and ADMM on the dampening grid, or at
+    the ``damp`` the user forced.
+    """
+    damps = DAMP_GRID if damp is None else (damp,)
+    configs = [Config("magnitude"), Config("wanda")]
+    if family in ("sparsegpt", "admm"):
+        configs += [Config(family, d) for d in damps]
+    if refit is True and k <= REFIT_MAX_K:
+        configs = [Config(c.solver, c.damp if damp is None else damp, refit=True) for c in configs]
+    return configs
+
+
+class _MatrixView:
+    """A weight as the ``(rows, K)`` matrix its layer's Hessian ``X^T X`` is ``(K, K)`` for.
+
+    MatMul/Gemm weights: K is the reduction axis.  2-D Conv weights with im2col
+    statistics: ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest, so
+    that 4 consecutive columns are 4 input channels at one kernel position.
+    """
+
+    def __init__(self, weights: np.ndarray, axis: int, im2col: bool) -> None:
+        self.shape = weights.shape
+        self.axis = axis
+        self.im2col = im2col
+
+    @classmethod
+    def of(cls, weights: np.ndarray, axis: int, stats: LayerStats | None) -> _MatrixView | None:
+        """The view that matches ``stats.hessian``, or None when there is none."""
+        if stats is None or stats.hessian is None:
+            return None
+        if stats.im2col and weights.ndim == 4:
+            return cls(weights, axis, True)
+        if weights.ndim == 2 and stats.hessian.shape[0] == weights.shape[axis]:
+            return cls(weights, axis, False)
+        return None
+
+    def rows(self, weights: np.ndarray) -> np.ndarray:
+        if self.im2col:
+            return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
+        return np.moveaxis(weights, self.axis, -1).reshape(-1, weights.shape[self.axis])
+
+    def grid(self, grid: QuantGrid | None) -> QuantGrid | None:
+        """A weight's quantization grid laid over this ``(rows, K)`` view."""
+        if grid is None:
+            return None
+        scale = self.rows(np.broadcast_to(grid.scale, self.shape))
+        zero = self.rows(np.broadcast_to(grid.zero_point, self.shape))
+        return QuantGrid(grid.dtype, scale, zero, grid.divide)
+
+    def tensor(self, rows: np.ndarray, dtype) -> np.ndarray:
+        if self.im2col:
+            m, c, kh, kw = self.shape
+            array = rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
+        else:
+            moved = list(self.shape)
+            moved.append(moved.pop(self.axis))
+            array = np.moveaxis(rows.reshape(moved), -1, self.axis)
+        # Casting to a narrower dtype can only add zeros; pruned entries are exact zeros already.
+        return np.ascontiguousarray(array).astype(dtype)
+
+
+class CalibratedMethod:
+    """Wanda, SparseGPT or ADMM from the calibration statistics, tuned per layer on held-out rows.
+
+    With ``tune`` (the default) and held-out statistics, each layer is pruned with
+    every candidate of :func:`candidates` on the calibration rows that are not held
+    out; the one whose layer output error on the held-out rows is lowest wins (then
+    whether refitting its kept weights by least squares helps is tried the same
+    way, where K <= :data:`REFIT_MAX_K`), and the winner is computed again on all
+    rows.  ``damp`` and ``refit`` force a choice when given.  Without ``tune`` the
+    family's own solver runs with its default dampening.
+
+    Weights without a Hessian (grouped or 1-D/3-D convolutions, K over the
+    capture limit) are pruned with Wanda's importance; those whose layer input was
+    not captured (inside a subgraph or function) with magnitude; the report says
+    which, and per layer what was chosen, from which candidates, and its error.
 
     Args:
-        stats: Per weight, its layer's input statistics.
-        refit: After the mask is chosen, refit each row's kept weights by least
-            squares on the calibration data (``core.sparsegpt.refit_kept``) where
-            the Hessian is there and K <= ``REFIT_MAX_K``.
-        damp: Hessian dampening (fraction of its mean diagonal).
+        family: ``wanda``, ``sparsegpt`` or ``admm``.
+        stats: Per weight, its layer input's statistics.
+        damp: Force this dampening (None: choose from :data:`DAMP_GRID`).
+        refit: Force the refit on (True) or off (False); None: choose.
+        tune: Choose per layer on held-out rows (needs ``held_out`` statistics).
     """
 
     blockwise = False
-
-    def __init__(self, stats: dict[str, LayerStats], *, refit: bool = False, damp: float = 0.01) -> None:
-        self.stats = stats
-        self.refit = refit
-        self.damp = damp
-        self.values_kept = self.values_kept and not refit
-
-    def _finish(self, record: WeightRecord, weights: np.ndarray, pruned: np.ndarray, used: str) -> np.ndarray:
-        """Apply the refit if asked, and note method, samples and layer output error on the record."""
-        stats = self.stats.get(record.name)
-        view = _MatrixView.of(weights, record.axis, stats)
-        note = {"method": used, "samples": stats.rows if stats else 0, "layer_output_error": None}
-        if view is not None:
-            w_rows = view.rows(weights)
-            p_rows = view.rows(pruned)
-            if self.refit:
-                if w_rows.shape[1] <= REFIT_MAX_K:
-                    p_rows = refit_kept(w_rows, p_rows, stats.hessian, damp=self.damp)
-                    grid = view.grid(record.grid)
-                    if grid is not None:  # back onto the stored weight's grid: the error below includes it
-                        p_rows = grid.round(p_rows)
-                    pruned = view.tensor(p_rows, weights.dtype)
-                    note["refit"] = True
-                else:
-                    note["refit"] = f"skipped: K = {w_rows.shape[1]} > {REFIT_MAX_K}"
-            note["layer_output_error"] = layer_output_error(w_rows, p_rows, stats.hessian)
-        elif self.refit:
-            note["refit"] = "skipped: no Hessian for this layer"
-        record.calibration = note
-        return pruned
-
-
-class WandaMethod(_Calibrated):
-    """Keep the 2 of every 4 with the largest ``|w| * ||X_j||`` (Wanda); kept values unchanged (unless refit).
-
-    Weights whose layer input was not captured (inside a subgraph or function)
-    fall back to magnitude, which the report says.
-    """
-
-    name = "wanda"
-    values_kept = True
-
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
-        stats = self.stats.get(record.name)
-        if stats is None:
-            pruned = prune_24_dense(weights, record.axis, out=out)
-            return self._finish(record, weights, pruned, "magnitude (no calibration activations reach this layer)")
-        if not np.isfinite(weights).all():
-            return "contains NaN or Inf"
-        importance = wanda_importance(weights, stats.sq_norm, record.axis)
-        pruned = prune_24_dense(weights, record.axis, importance, out=out)
-        return self._finish(record, weights, pruned, "wanda")
-
-
-class SparseGPTMethod(_Calibrated):
-    """SparseGPT: 2:4 masks chosen and kept weights updated from ``H = X^T X``.
-
-    MatMul/Gemm weights, and 2-D ungrouped Conv weights through the im2col view.
-    Weights without a Hessian (grouped or 1-D/3-D Conv, K over 8192) are pruned
-    with Wanda; those with no captured input with magnitude; the report says which.
-    """
-
-    name = "sparsegpt"
     values_kept = False
 
-    def __init__(self, stats: dict[str, LayerStats], damp: float = 0.01, *, refit: bool = False) -> None:
-        super().__init__(stats, refit=refit, damp=damp)
-        self.wanda = WandaMethod(stats, refit=refit, damp=damp)
+    def __init__(
+        self,
+        family: str,
+        stats: dict[str, LayerStats],
+        *,
+        damp: float | None = None,
+        refit: bool | None = None,
+        tune: bool = True,
+    ) -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown calibrated method {family!r}")
+        self.name = family
+        self.stats = stats
+        self.damp = damp
+        self.refit = refit
+        self.tune = tune
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
-        stats = self.stats.get(record.name)
-        view = _MatrixView.of(weights, record.axis, stats)
-        if view is None:
-            pruned = self.wanda.prune(record, weights, out)
-            if not isinstance(pruned, str) and stats is not None:
-                record.calibration["method"] = "wanda (no Hessian for SparseGPT on this layer)"
-            return pruned
+        return self._prune(record, weights, self.stats.get(record.name), out)
+
+    def evaluate(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> float | None:
+        """The calibrated layer error this method reaches on ``weights`` with ``stats`` (held-out if tuned).
+
+        ``record`` is left as it was; None when the layer has no Hessian.
+        """
+        trial = replace(record, calibration=None)
+        if isinstance(self._prune(trial, weights, stats, None), str):
+            return None
+        note = trial.calibration or {}
+        value = note.get("held_out_error", note.get("layer_output_error"))
+        return None if value is None else float(value)
+
+    def _prune(
+        self, record: WeightRecord, weights: np.ndarray, stats: LayerStats | None, out: np.ndarray | None
+    ) -> np.ndarray | str:
         if not np.isfinite(weights).all():
             return "contains NaN or Inf"
-        rows = sparsegpt_24(view.rows(weights), stats.hessian, damp=self.damp, grid=view.grid(record.grid))
-        used = "sparsegpt (im2col)" if view.im2col else "sparsegpt"
-        return self._finish(record, weights, view.tensor(rows, weights.dtype), used)
+        if stats is None:
+            record.calibration = {
+                "method": "magnitude (no calibration activations reach this layer)",
+                "samples": 0,
+                "layer_output_error": None,
+            }
+            return prune_24_dense(weights, record.axis, out=out)
+        view = _MatrixView.of(weights, record.axis, stats)
+        if view is None:
+            importance = wanda_importance(weights, stats.sq_norm, record.axis)
+            label = "wanda" if self.name == "wanda" else f"wanda (no Hessian for {self.name} on this layer)"
+            record.calibration = {"method": label, "samples": stats.rows, "layer_output_error": None}
+            return prune_24_dense(weights, record.axis, importance, out=out)
+        w = view.rows(weights).astype(np.float64)
+        grid = view.grid(record.grid)
+        k = w.shape[1]
+        note: dict[str, object] = {"samples": stats.rows}
+        if stats.rows < k:
+            note["warning"] = (
+                f"{stats.rows} calibration rows for K = {k} inputs: X^T X is rank-deficient, so the fit can "
+                "overfit; bring more calibration data"
+            )
+        if self.tune and stats.held_out is not None and stats.held_out_rows > 0:
+            config = self._choose(w, stats, grid, note)
+        else:
+            config = self._fixed(k)
+        h = stats.full_hessian()
+        pruned = config.solve(w, h, grid)
+        note.update(
+            method=config.label + (" (im2col)" if view.im2col else ""),
+            solver=config.solver,
+            damp=config.damp if config.solver in ("sparsegpt", "admm") or config.refit else None,
+            refit=config.refit,
+            layer_output_error=layer_output_error(w, pruned, h),
+        )
+        record.calibration = note
+        return view.tensor(pruned, weights.dtype)
+
+    def _fixed(self, k: int) -> Config:
+        solver = self.name
+        damp = self.damp if self.damp is not None else DEFAULT_DAMP[solver]
+        return Config(solver, damp, refit=bool(self.refit) and k <= REFIT_MAX_K)
+
+    def _choose(self, w: np.ndarray, stats: LayerStats, grid: QuantGrid | None, note: dict) -> Config:
+        """The candidate with the lowest layer output error on the held-out rows, fitted on the others.
+
+        Candidates are compared on at most :data:`TUNE_ROWS` of the weight's rows (a
+        fixed random sample: each row's problem is separate, so a sample ranks the
+        candidates as the whole would, at a fraction of the cost).
+        """
+        fit, held = stats.fit_hessian(), stats.held_out_hessian()
+        if w.shape[0] > TUNE_ROWS:
+            sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
+            w = w[sample]
+            if grid is not None:
+                grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
+        errors: dict[Config, float] = {}
+        for config in candidates(self.name, w.shape[1], self.damp, self.refit):
+            errors[config] = layer_output_error(w, config.solve(w, fit, grid), held)
+        best = min(errors, key=lambda c: (errors[c], list(errors).index(c)))
+        if self.refit is None and w.shape[1] <= REFIT_MAX_K and best.solver != "magnitude":
+            refit = Config(best.solver, best.damp, refit=True)
+            errors[refit] = layer_output_error(w, refit.solve(w, fit, grid), held)
+            if errors[refit] < errors[best]:
+                best = refit
+        note["held_out_samples"] = stats.held_out_rows
+        note["held_out_error"] = errors[best]
+        note["candidates"] = {c.label: e for c, e in errors.items()}
+        return best
+
+
+class WandaMethod(CalibratedMethod):
+    """Wanda (``|w| * ||X_j||``), tuned against magnitude; see :class:`CalibratedMethod`."""
+
+    def __init__(self, stats, *, damp: float | None = None, refit: bool | None = None, tune: bool = True) -> None:
+        super().__init__("wanda", stats, damp=damp, refit=refit, tune=tune)
+
+
+class SparseGPTMethod(CalibratedMethod):
+    """SparseGPT (masks and kept weights from ``H = X^T X``), tuned per layer; see :class:`CalibratedMethod`."""
+
+    def __init__(self, stats, damp: float | None = None, *, refit: bool | None = None, tune: bool = True) -> None:
+        super().__init__("sparsegpt", stats, damp=damp, refit=refit, tune=tune)
+
+
+class ADMMMethod(CalibratedMethod):
+    """ADMM with gradual mask selection (:func:`~sparse24_onnx.core.admm.admm_24`); see :class:`CalibratedMethod`."""
+
+    def __init__(self, stats, damp: float | None = None, *, refit: bool | None = None, tune: bool = True) -> None:
+        super().__init__("admm", stats, damp=damp, refit=refit, tune=tune)
 
 
 class Precomputed:
@@ -248,7 +421,7 @@ class Precomputed:
 
 
 class SequentialMethod:
-    """Wanda or SparseGPT, each layer calibrated on the model as already pruned before it.
+    """A calibrated method, each layer calibrated on the model as already pruned before it.
 
     SparseGPT's recipe: layers are pruned in graph order, and each one's input
     statistics are captured from the model in which every earlier layer is
@@ -257,26 +430,31 @@ class SequentialMethod:
     """
 
     blockwise = False
+    values_kept = False
     sequential = True
 
     def __init__(
-        self, name: str, model, feeds: list[dict[str, np.ndarray]], damp: float = 0.01, *, refit: bool = False
+        self,
+        name: str,
+        model,
+        feeds: list[dict[str, np.ndarray]],
+        *,
+        damp: float | None = None,
+        refit: bool | None = None,
+        tune: bool = True,
     ) -> None:
         self.name = name
-        self.values_kept = name == "wanda" and not refit
         self.model = model
         self.feeds = feeds
         self.damp = damp
         self.refit = refit
+        self.tune = tune
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         from .capture import collect_stats
 
-        stats = collect_stats(self.model, [record], self.feeds, hessian=self.name == "sparsegpt" or self.refit)
-        if self.name == "wanda":
-            inner = WandaMethod(stats, refit=self.refit, damp=self.damp)
-        else:
-            inner = SparseGPTMethod(stats, damp=self.damp, refit=self.refit)
+        stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune)
+        inner = CalibratedMethod(self.name, stats, damp=self.damp, refit=self.refit, tune=self.tune)
         pruned = inner.prune(record, weights, out)
         if record.calibration is not None:
             record.calibration["sequential"] = True

@@ -10,7 +10,7 @@ from .common import emit, progress_to_stderr, write_report
 EXAMPLES = """examples:
   sparse24 optimize model.onnx model.sparse.onnx
   sparse24 optimize model.onnx out.onnx --inputs feeds/ --max-rel-error 0.05 --report report.json
-  sparse24 optimize model.onnx out.onnx --method sparsegpt --calibration calib/ --inputs heldout/
+  sparse24 optimize model.onnx out.onnx --method admm --calibration calib/ --inputs heldout/
   sparse24 optimize decoder.onnx out.onnx --shape seq=64 --format compressed
 
 exit codes: 0 done; 1 validation error above --max-rel-error or validation that witnessed nothing
@@ -30,34 +30,49 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
     parser.add_argument(
         "--method",
-        choices=("magnitude", "gradient", "wanda", "sparsegpt"),
+        choices=("magnitude", "gradient", "wanda", "sparsegpt", "admm"),
         default="magnitude",
-        help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; wanda (|w| * ||x||) or "
-        "sparsegpt (Hessian-aware, kept weights updated), both with --calibration",
+        help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; with --calibration: wanda "
+        "(|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated) or admm (mask chosen gradually and kept "
+        "weights solved for: the most accurate)",
     )
     parser.add_argument(
         "--calibration",
         metavar="PATH",
-        help="calibration inputs for wanda/sparsegpt: a .npz keyed by graph input name, or a folder of them",
+        help="calibration inputs for wanda/sparsegpt/admm: a .npz keyed by graph input name, or a folder of them",
     )
     parser.add_argument(
         "--sequential",
         action="store_true",
-        help="wanda/sparsegpt: prune layers in graph order, each calibrated on the model with the earlier "
+        help="calibrated methods: prune layers in graph order, each calibrated on the model with the earlier "
         "ones already pruned (slower)",
     )
     parser.add_argument(
         "--refit",
-        action="store_true",
-        help="wanda/sparsegpt: once the mask is chosen, refit each row's kept weights by least squares on the "
-        "calibration data (layers with K up to 2048)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="calibrated methods: force (or with --no-refit forbid) refitting each row's kept weights by least "
+        "squares (layers with K up to 4096); default: chosen per layer on held-out calibration rows",
     )
     parser.add_argument(
         "--damp",
         type=float,
-        default=0.01,
         metavar="F",
-        help="sparsegpt: Hessian dampening, as a fraction of its mean diagonal (default 0.01)",
+        help="sparsegpt/admm: force this Hessian dampening (a fraction of its mean diagonal); default: chosen "
+        "per layer from 0.01, 0.1, 0.5 on held-out calibration rows",
+    )
+    parser.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="calibrated methods: no per-layer choice on held-out rows; the method as published (damp 0.01 "
+        "sparsegpt, 0.1 admm), no fallback to magnitude",
+    )
+    parser.add_argument(
+        "--calibration-memory",
+        type=float,
+        metavar="GIB",
+        help="memory for the layers' calibration statistics; above it they are captured in several passes "
+        "(default: a quarter of the machine's memory)",
     )
     parser.add_argument(
         "--gradients", metavar="PATH.npz", help="gradients keyed by initializer name (--method gradient)"
@@ -159,6 +174,8 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "damp": args.damp,
         "sequential": args.sequential,
         "refit": args.refit,
+        "tune": not args.no_tune,
+        "calibration_memory": args.calibration_memory,
         "gradients": args.gradients,
         "exclude": args.exclude,
         "tc_shapes": args.tc_shapes,

@@ -22,12 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from .quantized import QuantGrid
-from .sparse24 import keep_mask, prune_24
 
 __all__ = ["layer_output_error", "refit_kept", "sparsegpt_24", "wanda_importance"]
-
-#: Rows solved at once by :func:`refit_kept` (bounds its memory to rows * (K/2)^2 floats).
-_REFIT_ROWS = 64
 
 
 def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int) -> np.ndarray:
@@ -40,8 +36,11 @@ def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int) 
 
 
 def _keep_top2(scores: np.ndarray) -> np.ndarray:
-    """Boolean (rows, 4) mask of the 2 highest scores per row, ties to the lower index."""
-    return keep_mask(prune_24(scores, scores, axis=1))
+    """Boolean (rows, 4) mask of the 2 highest scores per row, ties to the lower index (as ``prune_24``)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    keep = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(keep, order[:, :2], True, axis=1)
+    return keep
 
 
 def sparsegpt_24(
@@ -123,14 +122,26 @@ def layer_output_error(original: np.ndarray, pruned: np.ndarray, hessian: np.nda
     return float(np.sqrt(max(change, 0.0) / reference))
 
 
-def refit_kept(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray, *, damp: float = 0.01) -> np.ndarray:
+def refit_kept(
+    original: np.ndarray,
+    pruned: np.ndarray,
+    hessian: np.ndarray,
+    *,
+    damp: float = 0.01,
+    tolerance: float = 1e-5,
+) -> np.ndarray:
     """Least-squares refit of each row's kept weights, the mask fixed.
 
     For row ``w`` with kept positions ``S`` (the non-zeros of ``pruned``), the
     ``w'`` supported on ``S`` that minimises ``||X (w - w')||^2 = (w - w')^T H (w - w')``
-    solves ``H_SS w'_S = (H w)_S``.  ``H`` is dampened like SparseGPT's.  Every row
-    of a 2:4 tensor keeps the same number of entries, so rows are solved in
-    batches.  Cost ``rows * (K/2)^3 / 3``: affordable for K up to ~1024.
+    solves ``H_SS w'_S = (H w)_S``.  ``H`` is dampened like SparseGPT's.
+
+    All rows are solved at once by conjugate gradients on the masked system
+    (Jacobi-preconditioned, started from ``pruned``): every step is one
+    ``(rows, K) @ (K, K)`` matrix product, so the cost is ``steps * rows * K^2``
+    instead of ``rows * (K/2)^3`` for a factorisation per row.  It stops when
+    every row's residual is below ``tolerance`` times its right-hand side, or
+    after ``K / 2`` steps (where conjugate gradients is exact).
 
     Args:
         original: ``(rows, K)`` dense weights.
@@ -141,20 +152,25 @@ def refit_kept(original: np.ndarray, pruned: np.ndarray, hessian: np.ndarray, *,
     mask = np.asarray(pruned) != 0
     h = np.array(hessian, dtype=np.float64)
     h[np.diag_indices(h.shape[0])] += damp * float(np.mean(np.diag(h))) + 1e-12
-    target = w @ h  # (rows, K): (H w)^T per row
-    counts = mask.sum(axis=1)
-    out = np.zeros_like(w)
-    for count in np.unique(counts):  # rows keep the same count unless a kept value was exactly 0
-        rows = np.flatnonzero(counts == count)
-        if count == 0:
-            continue
-        for start in range(0, rows.size, _REFIT_ROWS):
-            batch = rows[start : start + _REFIT_ROWS]
-            kept = np.nonzero(mask[batch])[1].reshape(batch.size, count)  # (B, S) column indices
-            system = h[kept[:, :, None], kept[:, None, :]]  # (B, S, S)
-            rhs = np.take_along_axis(target[batch], kept, axis=1)  # (B, S)
-            solved = np.linalg.solve(system, rhs[:, :, None])[:, :, 0]
-            block = np.zeros((batch.size, w.shape[1]))
-            np.put_along_axis(block, kept, solved, axis=1)
-            out[batch] = block
-    return out
+    target = (w @ h) * mask  # (H w)_S per row
+    diagonal = np.diag(h)[None, :]
+    solution = np.where(mask, np.asarray(pruned, dtype=np.float64), 0.0)
+    residual = target - (solution @ h) * mask
+    scale = np.maximum(np.linalg.norm(target, axis=1), 1e-300)
+    step = residual / diagonal
+    direction = step.copy()
+    rho = np.sum(residual * step, axis=1)
+    for iteration in range(max(1, w.shape[1] // 2 + 1)):
+        if iteration % 4 == 0 and np.all(np.einsum("ij,ij->i", residual, residual) <= (tolerance * scale) ** 2):
+            break
+        product = (direction @ h) * mask
+        curvature = np.sum(direction * product, axis=1)
+        alpha = np.divide(rho, curvature, out=np.zeros_like(rho), where=curvature > 0)
+        solution += alpha[:, None] * direction
+        residual -= alpha[:, None] * product
+        step = residual / diagonal
+        rho_next = np.sum(residual * step, axis=1)
+        beta = np.divide(rho_next, rho, out=np.zeros_like(rho), where=rho > 0)
+        direction = step + beta[:, None] * direction
+        rho = rho_next
+    return solution

@@ -59,10 +59,10 @@ def _spliced(tensor: ir.TensorProtocol) -> bool:
     return tensor is not None and tensor.dtype != ir.DataType.STRING
 
 
-def _placeholder(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
+def _placeholder(tensor: ir.TensorProtocol, location: str = "sparse24-placeholder") -> ir.ExternalTensor:
     """Stands in for a tensor while the rest of the model is serialised (no data copied)."""
     return ir.ExternalTensor(
-        "sparse24-placeholder",
+        location,
         0,
         tensor.nbytes,
         tensor.dtype,
@@ -83,24 +83,45 @@ def _embedded_subgraph_tensors(model: ir.Model) -> Iterator[tuple[ir.Value, ir.T
                 yield value, value.const_value
 
 
-def write_embedded(model: ir.Model, path: str | os.PathLike) -> int:
+#: Location written for tensors whose data the caller hands to onnxruntime itself.
+PROVIDED_LOCATION = "sparse24-provided-by-caller"
+
+
+def write_embedded(model: ir.Model, path: str | os.PathLike, *, provided: frozenset[str] = frozenset()) -> int:
     """Write ``model`` to ``path`` with every tensor embedded; return the file size in bytes.
+
+    Args:
+        provided: Names of main-graph initializers *not* to write: they are left as
+            external references to :data:`PROVIDED_LOCATION`, for a caller that gives
+            onnxruntime their data directly (``SessionOptions.add_external_initializers``),
+            so that a model of any size needs no copy of its weights on disk.
 
     The model is unchanged afterwards.
     """
-    spliced = [(v, v.const_value) for v in model.graph.initializers.values() if _spliced(v.const_value)]
+    spliced = [
+        (v, v.const_value)
+        for v in model.graph.initializers.values()
+        if _spliced(v.const_value) and v.name not in provided
+    ]
+    referenced = [(v, v.const_value) for v in model.graph.initializers.values() if v.name in provided]
     swapped = list(_embedded_subgraph_tensors(model))
     try:
         for value, tensor in spliced:
             value.const_value = _placeholder(tensor)
+        for value, tensor in referenced:
+            value.const_value = _placeholder(tensor, PROVIDED_LOCATION)
         for value, tensor in swapped:
             value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
         proto = ir.serde.serialize_model(model)
     finally:
-        for value, tensor in spliced + swapped:
+        for value, tensor in spliced + referenced + swapped:
             value.const_value = tensor
     heads = []
+    kept = []  # references to provided tensors, written as they are
     for entry in proto.graph.initializer:
+        if entry.name in provided:
+            kept.append(entry.SerializeToString())
+            continue
         entry.ClearField("external_data")
         entry.ClearField("data_location")
         heads.append(entry.SerializeToString())
@@ -111,6 +132,10 @@ def write_embedded(model: ir.Model, path: str | os.PathLike) -> int:
 
     entries = []
     graph_length = len(graph)
+    for data in kept:
+        lead = _tag(_GRAPH_INITIALIZER) + _varint(len(data))
+        entries.append((lead, data))
+        graph_length += len(lead) + len(data)
     for head, (_, tensor) in zip(heads, spliced, strict=True):
         data = _buffer(tensor)
         size = len(data) if isinstance(data, bytes) else data.nbytes

@@ -18,6 +18,7 @@ blocks: they reorder with the channels); anything else is left as it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,8 @@ class _Chain:
     channels: int
     # (tensor holder, axis to permute) for every constant that carries the channel axis
     moves: list[tuple[InitializerSource | ConstantNodeSource, int]] = field(default_factory=list)
+    # Per channel, the size of the consumer's input as a BatchNormalization on the way sets it, if any
+    channel_scale: np.ndarray | None = None
 
 
 def _holder(value: ir.Value) -> InitializerSource | ConstantNodeSource | None:
@@ -139,6 +142,7 @@ def find_chain(record: WeightRecord) -> _Chain | None:
     moves: list[tuple[ir.Value, int]] = []
     producer = None
     pending = [data]
+    batch_norms: list[ir.Node] = []
     seen: set[int] = set()
     while pending:
         value = pending.pop()
@@ -171,6 +175,7 @@ def find_chain(record: WeightRecord) -> _Chain | None:
                 return None
             moves.extend((i, 0) for i in node.inputs[1:])
             pending.append(node.inputs[0])
+            batch_norms.append(node)
         elif node.op_type in _UNARY:
             pending.append(node.inputs[0])
             for extra in node.inputs[1:]:  # Clip min/max, PRelu slope: constants, maybe per channel
@@ -193,7 +198,7 @@ def find_chain(record: WeightRecord) -> _Chain | None:
     # Every value of the region must stay inside it (the data only feeds the consumer).
     if not all(_only_used_by(v, region) for v in region_values):
         return None
-    chain = _Chain(record, producer, channels)
+    chain = _Chain(record, producer, channels, channel_scale=_batch_norm_scale(batch_norms, channels))
     for value, axis in moves:
         holder = _holder(value)
         if holder is None:
@@ -214,6 +219,28 @@ def find_chain(record: WeightRecord) -> _Chain | None:
     return chain
 
 
+def _batch_norm_scale(nodes: list[ir.Node], channels: int) -> np.ndarray | None:
+    """The root mean square of a BatchNormalization's output per channel: ``sqrt(gamma^2 + beta^2)``.
+
+    The normalised input has mean 0 and variance 1 per channel, so after the BN a
+    channel's values have mean ``beta`` and spread ``|gamma|``: this is how large
+    the next layer's inputs are, known from the graph alone.
+    """
+    if len(nodes) != 1:
+        return None
+    holders = [_holder(nodes[0].inputs[i]) for i in (1, 2)]
+    if any(h is None for h in holders):
+        return None
+    gamma, beta = (np.asarray(h.tensor.numpy(), dtype=np.float64).reshape(-1) for h in holders)
+    if gamma.size != channels or beta.size != channels:
+        return None
+    return np.sqrt(gamma**2 + beta**2)
+
+
+#: ``importance(record, weights)``: per-element importance of a consumer's weights, or None for |w|.
+Importance = Callable[[WeightRecord, np.ndarray], "np.ndarray | None"]
+
+
 class PermuteChannels(InPlacePass):
     """Reorder the channels between layer pairs so that 2:4 pruning keeps more magnitude.
 
@@ -224,15 +251,55 @@ class PermuteChannels(InPlacePass):
     says, as fractions of the weight's total ``|w|``, what 2:4 would keep before
     and after.
 
+    What is kept is scored by ``importance`` when given (the calibrated
+    ``|w_ij| * ||x_j||`` of the unpermuted model's statistics), else by what the
+    graph knows (a BatchNormalization before the consumer gives each channel's
+    size), else by ``|w|``.  Each applied permutation is remembered, so that a
+    caller who finds a layer worse for it can :meth:`undo` it.
+
     Args:
         seconds: Time cap for all searches together, shared equally; a search
             cut by it is marked ``"stopped": "time"`` in ``record.permutation``.
         seed: Seed of the search.
+        importance: Per-element importance of a consumer's weights (None: see above).
+        permuted: Called with ``(record, perm)`` after a chain is permuted (and again
+            with the inverse on :meth:`undo`), to keep per-channel statistics in step.
     """
 
-    def __init__(self, seconds: float = 60.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        seconds: float = 60.0,
+        seed: int = 0,
+        *,
+        importance: Importance | None = None,
+        permuted: Callable[[WeightRecord, np.ndarray], None] | None = None,
+    ) -> None:
         self.seconds = seconds
         self.seed = seed
+        self.importance = importance
+        self.permuted = permuted
+        self.applied: dict[str, tuple[_Chain, np.ndarray]] = {}
+
+    def _scores(self, chain: _Chain, weights: np.ndarray) -> tuple[np.ndarray, str]:
+        record = chain.consumer
+        magnitude = np.abs(weights.astype(np.float32))
+        found = self.importance(record, weights) if self.importance is not None else None
+        if found is not None:
+            return np.asarray(found, dtype=np.float32), "calibrated |w|*||x||"
+        if chain.channel_scale is not None:
+            shape = [1] * weights.ndim
+            shape[record.axis] = chain.channels
+            return magnitude * chain.channel_scale.reshape(shape).astype(np.float32), "|w| * BatchNormalization scale"
+        return magnitude, "|w|"
+
+    def undo(self, record: WeightRecord) -> None:
+        """Put a permuted chain back in its original order."""
+        chain, perm = self.applied.pop(record.name)
+        inverse = np.argsort(perm)
+        for holder, axis in [(record.source, record.axis), *chain.moves]:
+            _permute(holder, axis, inverse)
+        if self.permuted is not None:
+            self.permuted(record, inverse)
 
     def call(self, model: ir.Model) -> PassResult:
         chains = []
@@ -245,11 +312,13 @@ class PermuteChannels(InPlacePass):
         for chain in chains:
             record = chain.consumer
             weights = record.source.tensor.numpy()
-            moved = np.moveaxis(np.abs(weights.astype(np.float32)), record.axis, 0)
+            scores, scored_by = self._scores(chain, weights)
+            moved = np.moveaxis(scores, record.axis, 0)
             importance = moved.reshape(moved.shape[0], -1)
             result = search_permutation(importance, seconds=self.seconds / len(chains), seed=self.seed)
             record.permutation = {
                 "producer": chain.producer.name or "",
+                "importance": scored_by,
                 "retained_before": result.before / result.total if result.total else 0.0,
                 "retained_after": result.after / result.total if result.total else 0.0,
                 "sweeps": result.sweeps,
@@ -259,6 +328,9 @@ class PermuteChannels(InPlacePass):
                 continue
             for holder, axis in [(record.source, record.axis), *chain.moves]:
                 _permute(holder, axis, result.perm)
+            self.applied[record.name] = (chain, result.perm)
+            if self.permuted is not None:
+                self.permuted(record, result.perm)
             changed.append(record)
         return PassResult(model, modified=bool(changed), weights=changed)
 

@@ -22,9 +22,9 @@ from ..validation.feeds import parse_int_ranges, parse_shapes
 __all__ = ["METHODS", "PruneOptions"]
 
 #: Pruning methods: how the kept weights of each group of 4 are chosen.
-METHODS = ("magnitude", "gradient", "wanda", "sparsegpt")
+METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
 #: Methods that need calibration data.
-CALIBRATED = ("wanda", "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt", "admm")
 #: Storage formats of the pruned weights.
 FORMATS = ("dense", "compressed")
 
@@ -42,9 +42,11 @@ class PruneOptions:
 
     method: str = "magnitude"
     calibration: Feeds | None = None
-    damp: float = 0.01
+    damp: float | None = None
     sequential: bool = False
-    refit: bool = False
+    refit: bool | None = None
+    tune: bool = True
+    calibration_memory: float | None = None
     gradients: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     exclude: Sequence[str] = ()
     tc_shapes: str = "strict"
@@ -110,18 +112,21 @@ class PruneOptions:
             raise BadInput(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.format not in FORMATS:
             raise BadInput(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
-        if (self.sequential or self.refit) and not self.calibrated:
-            raise BadInput("--sequential and --refit are used with --method wanda or sparsegpt")
+        steering = self.sequential or self.refit is not None or self.damp is not None or not self.tune
+        if steering and not self.calibrated:
+            raise BadInput("--sequential, --refit, --damp and --no-tune go with --method wanda, sparsegpt or admm")
         if self.calibrated and self.calibration is None:
             raise BadInput(f"--method {self.method} needs --calibration PATH (.npz keyed by input name, or a folder)")
         if self.calibration is not None and not self.calibrated:
-            raise BadInput("--calibration is used with --method wanda or sparsegpt")
+            raise BadInput("--calibration is used with --method wanda, sparsegpt or admm")
         if self.method == "gradient" and self.gradients is None:
             raise BadInput("--method gradient needs --gradients PATH.npz (gradients keyed by initializer name)")
         if self.gradients is not None and self.method != "gradient":
             raise BadInput("--gradients is only used with --method gradient")
-        if not (isinstance(self.damp, (int, float)) and 0 <= self.damp < 1):
-            raise BadInput("--damp must be in [0, 1)")
+        if self.damp is not None and not (isinstance(self.damp, (int, float)) and 0 <= self.damp < 10):
+            raise BadInput("--damp must be a fraction of the Hessian's mean diagonal, in [0, 10)")
+        if self.calibration_memory is not None and not self.calibration_memory > 0:
+            raise BadInput("--calibration-memory must be a positive number of GiB")
         if self.max_rel_error is not None and not self.max_rel_error >= 0:
             raise BadInput("--max-rel-error must be a number >= 0")
         if not self.permute_seconds > 0:

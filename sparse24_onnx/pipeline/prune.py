@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,15 +26,14 @@ import numpy as np
 import onnx_ir as ir
 
 from .. import __version__
-from ..calibration.capture import collect_stats
+from ..calibration.capture import collect_stats, permute_stats
 from ..calibration.methods import (
+    CalibratedMethod,
     GradientMethod,
     MagnitudeMethod,
     Precomputed,
     PruneMethod,
     SequentialMethod,
-    SparseGPTMethod,
-    WandaMethod,
     load_gradients,
 )
 from ..errors import BadInput, ExitCode, ValidationFailed
@@ -163,8 +163,8 @@ class _PruneRun:
             log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
             validation = self.reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
-            self.permute(model)
-            method = self.calibrate(model, calibration) or method
+            method = self.calibrate(model, calibration, stack) or method
+            self.permute(model, method)
             budget = None
             if self.options.auto_exclude:
                 budget, method = self.fit_budget(model, method, validation)
@@ -246,35 +246,57 @@ class _PruneRun:
         """Run the original model on the validation feeds (said first, input by input)."""
         if feeds is None:
             return None
-        for entry in feeds.inputs:
-            shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
-            assumed = entry.get("assumed")
-            extra = f"; assumed {assumed}" if assumed else ""
-            log.info("input %s: %s %s, %s%s", entry["name"], entry["dtype"], shapes, entry["values"], extra)
+        for line in feeds.summary():
+            log.info("%s", line)
         log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
         reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
         names = [o.name for o in session.get_outputs()]
         return _Validation(feeds, names, reference, session_provider(session))
 
-    def permute(self, model: ir.Model) -> None:
-        if self.options.permute:
-            log.info("searching channel permutations (at most %g s)", self.options.permute_seconds)
-            result = PermuteChannels(seconds=self.options.permute_seconds)(model)
-            log.info("permuted the channels before %d weights", len(result.weights))
-
-    def calibrate(self, model: ir.Model, calibration: FeedSet | None) -> PruneMethod | None:
-        """The calibrated method, with its statistics captured from the calibration feeds."""
+    def calibrate(self, model: ir.Model, calibration: FeedSet | None, stack: ExitStack) -> PruneMethod | None:
+        """The calibrated method, with its statistics captured from the calibration feeds (unpermuted model)."""
         options = self.options
         if calibration is None:
             return None
         if options.sequential:
-            return SequentialMethod(options.method, model, calibration.feeds, damp=options.damp, refit=options.refit)
+            return SequentialMethod(
+                options.method,
+                model,
+                calibration.feeds,
+                damp=options.damp,
+                refit=options.refit,
+                tune=options.tune,
+            )
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
-        stats = collect_stats(model, candidates, calibration.feeds, hessian=True, hint=calibration.hint)
-        if options.method == "wanda":
-            return WandaMethod(stats, refit=options.refit, damp=options.damp)
-        return SparseGPTMethod(stats, damp=options.damp, refit=options.refit)
+        started = time.monotonic()
+        spill = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sparse24-stats-")))
+        stats = collect_stats(
+            model,
+            candidates,
+            calibration.feeds,
+            hold_out=options.tune,
+            memory_bytes=_calibration_budget(options.calibration_memory),
+            spill=spill,
+            hint=calibration.hint,
+        )
+        log.info("captured in %.1f s", time.monotonic() - started)
+        return CalibratedMethod(options.method, stats, damp=options.damp, refit=options.refit, tune=options.tune)
+
+    def permute(self, model: ir.Model, method: PruneMethod) -> None:
+        """Reorder channels (``--permute``); with calibration, scored by it and kept only where it helps."""
+        if not self.options.permute:
+            return
+        stats = method.stats if isinstance(method, CalibratedMethod) else None
+        log.info("searching channel permutations (at most %g s)", self.options.permute_seconds)
+        permute = PermuteChannels(
+            seconds=self.options.permute_seconds,
+            importance=_calibrated_importance(stats) if stats is not None else None,
+            permuted=_stats_follow(stats) if stats is not None else None,
+        )
+        changed = permute(model).weights
+        undone = sum(_keep_if_better(method, permute, record) for record in changed) if stats is not None else 0
+        log.info("permuted the channels before %d weights (%d put back)", len(changed) - undone, undone)
 
     def fit_budget(self, model: ir.Model, method: PruneMethod, validation: _Validation) -> tuple[Budget, PruneMethod]:
         """Measure each candidate's sensitivity and leave the fewest most sensitive ones dense."""
@@ -511,6 +533,61 @@ def _size(model: ir.Model) -> str:
     """``N nodes, X MiB of weights`` (main graph nodes, all initializers)."""
     nbytes = sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value)
     return f"{len(model.graph)} nodes, {nbytes / 2**20:.1f} MiB in initializers"
+
+
+def _calibration_budget(gib: float | None) -> int:
+    """Bytes of layer statistics held in memory at once: ``gib``, or a quarter of the machine's memory."""
+    if gib is not None:
+        return int(gib * 2**30)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return max(256 << 20, total // 4)
+
+
+def _calibrated_importance(stats):
+    """Wanda's ``|w_ij| * ||x_j||`` for a consumer whose input statistics were captured (else None)."""
+
+    def importance(record: WeightRecord, weights: np.ndarray) -> np.ndarray | None:
+        found = stats.get(record.name)
+        if found is None or found.sq_norm.shape[0] != weights.shape[record.axis]:
+            return None
+        shape = [1] * weights.ndim
+        shape[record.axis] = found.sq_norm.shape[0]
+        return np.abs(weights.astype(np.float32)) * np.sqrt(found.sq_norm).reshape(shape).astype(np.float32)
+
+    return importance
+
+
+def _stats_follow(stats):
+    """Keep a consumer's input statistics in the order of its permuted channels."""
+
+    def permuted(record: WeightRecord, perm: np.ndarray) -> None:
+        found = stats.get(record.name)
+        if found is not None:
+            stats[record.name] = permute_stats(found, perm)
+
+    return permuted
+
+
+def _keep_if_better(method: CalibratedMethod, permute: PermuteChannels, record: WeightRecord) -> bool:
+    """Put a layer's channels back in order when, calibrated, the permuted layer is not better; True if so."""
+    _, perm = permute.applied[record.name]
+    stats = method.stats.get(record.name)
+    if stats is None:
+        return False
+    weights = record.source.tensor.numpy()
+    inverse = np.argsort(perm)
+    permuted = method.evaluate(record, weights, stats)
+    original = method.evaluate(record, np.take(weights, inverse, axis=record.axis), permute_stats(stats, inverse))
+    record.permutation["calibrated_error"] = {"permuted": permuted, "original": original}
+    if permuted is None or original is None or permuted < original:
+        return False
+    permute.undo(record)
+    record.permutation["kept"] = False
+    record.permutation["note"] = "original order kept: calibrated, the permuted layer's error was not lower"
+    return True
 
 
 def _scratch(out: Path) -> StagedOutput:

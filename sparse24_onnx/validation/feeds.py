@@ -147,6 +147,20 @@ class FeedSet:
     def __len__(self) -> int:
         return len(self.feeds)
 
+    def summary(self) -> list[str]:
+        """One line per input (inputs alike, such as the caches of every layer, share a line)."""
+        groups: dict[tuple, list[str]] = {}
+        for entry in self.inputs:
+            shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
+            assumed = ", ".join(f"{k}={v.split(':')[0]}" for k, v in entry.get("assumed", {}).items())
+            key = (entry["dtype"], shapes, entry["values"], assumed)
+            groups.setdefault(key, []).append(str(entry["name"]))
+        lines = []
+        for (dtype, shapes, values, assumed), names in groups.items():
+            label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more alike"
+            lines.append(f"input {label}: {dtype} {shapes}, {values}" + (f" (assumed {assumed})" if assumed else ""))
+        return lines
+
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
     """Parse ``--shape NAME=1x128`` options into ``{NAME: (1, 128)}``."""
@@ -176,13 +190,18 @@ def parse_int_ranges(items: list[str]) -> tuple[tuple[int, int] | None, dict[str
 
 
 def infer_int_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
-    """``[0, rows)`` for integer graph inputs used only as ``Gather`` indices into constant tables."""
+    """``[0, rows)`` for integer graph inputs used only as ``Gather`` indices into constant tables.
+
+    Uses that read only the input's shape (``Shape``, ``Size``) do not count.
+    """
     ranges = {}
     for value in model.graph.inputs:
         if value.dtype is None or not value.dtype.is_integer():
             continue
         sizes = []
         for node, index in value.uses():
+            if node.op_type in ("Shape", "Size"):
+                continue  # reads only the shape (a sequence length, say)
             table = node.inputs[0] if node.inputs else None
             if node.op_type != "Gather" or index != 1 or table is None or table.const_value is None:
                 sizes = []
@@ -300,7 +319,10 @@ def generate_feeds(
         if size == 0 and not spec.cache:
             raise BadInput(f"input {spec.name!r} would be empty (shape {list(dims)}): give every size with --shape")
         total += size * spec.dtype.itemsize * count
-        plans.append((spec, dims, assumed, _value_rule(spec, int_ranges, default_int_range)))
+        rule = _value_rule(spec, int_ranges, default_int_range)
+        if size == 0:
+            rule = ("empty: a key/value cache, as for a prompt's first step", rule[1], rule[2])
+        plans.append((spec, dims, assumed, rule))
     if total > MAX_GENERATED_BYTES:
         raise BadInput(
             f"generated inputs would take {total / 2**30:.3g} GiB ({count} feed(s)); the limit is "
@@ -327,6 +349,7 @@ def generate_feeds(
         hint="set dynamic sizes with --shape NAME=N and integer ranges with --int-range, or pass real inputs "
         "with --inputs",
     )
+    warned: set[str] = set()
     for spec, dims, assumed, (values, _, _) in plans:
         entry: dict[str, object] = {
             "name": spec.name,
@@ -338,7 +361,8 @@ def generate_feeds(
             entry["assumed"] = assumed
         described.inputs.append(entry)
         for label, why in assumed.items():
-            if why.startswith("1:"):
+            if why.startswith("1:") and (label.startswith("axis") or label not in warned):
+                warned.add(label)
                 described.warnings.append(
                     f"input {spec.name!r}: dynamic dimension {label} was not set and defaulted to 1"
                     + (

@@ -18,7 +18,14 @@ import numpy as np
 
 from ..errors import BadInput
 
-__all__ = ["choose_providers", "clean_message", "onnxruntime_loads", "open_session", "run_feeds"]
+__all__ = [
+    "choose_providers",
+    "clean_message",
+    "onnxruntime_loads",
+    "open_model_session",
+    "open_session",
+    "run_feeds",
+]
 
 #: Preferred execution providers, best first; the CPU is always last.
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -92,6 +99,47 @@ def open_session(path: str | os.PathLike, *, role: str):
                 "pass --no-validate to prune it without validation"
             ) from None
         raise RuntimeError(f"onnxruntime cannot load the pruned model: {reason}") from None
+
+
+#: Main-graph tensors at least this large are handed to onnxruntime as arrays rather than written.
+PROVIDED_BYTES = 1 << 16
+#: Element types onnxruntime can take from NumPy arrays.
+_PROVIDABLE = frozenset(
+    {"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool"}
+)
+
+
+def open_model_session(model, path: str | os.PathLike):
+    """An onnxruntime session for an in-memory ``onnx_ir`` model (written to ``path`` first).
+
+    Large main-graph tensors are not written: onnxruntime gets their arrays directly
+    (memory-mapped ones stay mapped), so a model of any size, over the 2 GiB protobuf
+    limit included, needs neither a copy of its weights on disk nor in memory.  A
+    model that onnxruntime cannot load is a bug here (``RuntimeError``).
+    """
+    from ..modelio.writer import write_embedded
+
+    ort = _ort()
+    arrays = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.nbytes < PROVIDED_BYTES:
+            continue
+        array = tensor.numpy()
+        if array.dtype.name in _PROVIDABLE and array.dtype.isnative:
+            arrays[value.name] = np.ascontiguousarray(array)
+    write_embedded(model, path, provided=frozenset(arrays))
+    options = _options(ort)
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays.values()]
+    if arrays:
+        options.add_external_initializers(list(arrays), values)
+    providers = choose_providers(ort.get_available_providers(), os.environ.get("SPARSE24_PROVIDERS"))
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:
+        raise RuntimeError(f"onnxruntime cannot load a model the tool wrote: {clean_message(error)}") from None
+    session._sparse24_keep = (arrays, values)  # the OrtValues borrow these buffers: keep both with the session
+    return session
 
 
 def session_provider(session) -> str:
