@@ -139,9 +139,11 @@ class _MatrixView:
 #: Largest K for which the kept weights are refit (conjugate gradients: tens of (rows, K) @ (K, K) products).
 REFIT_MAX_K = 4096
 #: Rows of a weight the candidates are compared on (a fixed random sample when there are more).
-TUNE_ROWS = 256
-#: Dampening grid the tuned methods choose from (fractions of the Hessian's mean diagonal).
-DAMP_GRID = (0.01, 0.1, 0.5)
+TUNE_ROWS = 128
+#: Dampening the tuned methods choose from (fractions of the Hessian's mean diagonal): light when there
+#: are at least twice as many calibration rows as inputs, strong when fewer (``X^T X`` is then poorly
+#: determined and strong dampening generalises better: measured by benchmarks/bench_accuracy.py).
+DAMP_GRID = {"rich": (0.01, 0.1), "scarce": (0.1, 0.5)}
 #: Dampening of the untuned methods (``tune=False``): SparseGPT's and ADMM's papers' defaults.
 DEFAULT_DAMP = {"sparsegpt": 0.01, "admm": 0.1, "wanda": 0.01}
 #: The calibrated method families, weakest first.
@@ -182,14 +184,15 @@ class Config:
         return np.asarray(pruned, dtype=np.float64)
 
 
-def candidates(family: str, k: int, damp: float | None, refit: bool | None) -> list[Config]:
-    """What a tuned method of ``family`` chooses from for a layer with ``K = k`` (refit candidates come later).
+def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool | None) -> list[Config]:
+    """What a tuned method of ``family`` chooses from for a layer with ``K = k`` and ``rows`` calibration rows.
 
     Always magnitude and Wanda (so that a calibrated method is never worse than
-    magnitude on held-out rows); SparseGPT and ADMM on the dampening grid, or at
-    the ``damp`` the user forced.
+    magnitude on held-out rows); SparseGPT and ADMM on the dampening grid for
+    the amount of data (:data:`DAMP_GRID`), or at the ``damp`` the user forced.
+    The refit candidate is tried afterwards, on the winner.
     """
-    damps = DAMP_GRID if damp is None else (damp,)
+    damps = DAMP_GRID["rich" if rows >= 2 * k else "scarce"] if damp is None else (damp,)
     configs = [Config("magnitude"), Config("wanda")]
     if family in ("sparsegpt", "admm"):
         configs += [Config(family, d) for d in damps]
@@ -368,10 +371,11 @@ class CalibratedMethod:
             if grid is not None:
                 grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
         errors: dict[Config, float] = {}
-        for config in candidates(self.name, w.shape[1], self.damp, self.refit):
+        for config in candidates(self.name, w.shape[1], stats.rows - stats.held_out_rows, self.damp, self.refit):
             errors[config] = layer_output_error(w, config.solve(w, fit, grid), held)
         best = min(errors, key=lambda c: (errors[c], list(errors).index(c)))
-        if self.refit is None and w.shape[1] <= REFIT_MAX_K and best.solver != "magnitude":
+        # ADMM's last iterations already refine its kept weights towards least squares: no refit candidate.
+        if self.refit is None and w.shape[1] <= REFIT_MAX_K and best.solver not in ("magnitude", "admm"):
             refit = Config(best.solver, best.damp, refit=True)
             errors[refit] = layer_output_error(w, refit.solve(w, fit, grid), held)
             if errors[refit] < errors[best]:

@@ -292,14 +292,23 @@ class PermuteChannels(InPlacePass):
             return magnitude * chain.channel_scale.reshape(shape).astype(np.float32), "|w| * BatchNormalization scale"
         return magnitude, "|w|"
 
-    def undo(self, record: WeightRecord) -> None:
-        """Put a permuted chain back in its original order."""
+    def undo(self, record: WeightRecord) -> tuple[_Chain, np.ndarray]:
+        """Put a permuted chain back in its original order; returns what :meth:`redo` needs."""
         chain, perm = self.applied.pop(record.name)
-        inverse = np.argsort(perm)
+        self._apply(chain, np.argsort(perm))
+        return chain, perm
+
+    def redo(self, chain: _Chain, perm: np.ndarray) -> None:
+        """Apply a permutation that :meth:`undo` took back."""
+        self._apply(chain, perm)
+        self.applied[chain.consumer.name] = (chain, perm)
+
+    def _apply(self, chain: _Chain, perm: np.ndarray) -> None:
+        record = chain.consumer
         for holder, axis in [(record.source, record.axis), *chain.moves]:
-            _permute(holder, axis, inverse)
+            _permute(holder, axis, perm)
         if self.permuted is not None:
-            self.permuted(record, inverse)
+            self.permuted(record, perm)
 
     def call(self, model: ir.Model) -> PassResult:
         chains = []
@@ -326,11 +335,7 @@ class PermuteChannels(InPlacePass):
             }
             if result.after <= result.before:
                 continue
-            for holder, axis in [(record.source, record.axis), *chain.moves]:
-                _permute(holder, axis, result.perm)
-            self.applied[record.name] = (chain, result.perm)
-            if self.permuted is not None:
-                self.permuted(record, result.perm)
+            self.redo(chain, result.perm)
             changed.append(record)
         return PassResult(model, modified=bool(changed), weights=changed)
 

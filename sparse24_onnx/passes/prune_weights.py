@@ -188,6 +188,13 @@ class PruneWeights(InPlacePass):
 NOT_FINITE = "contains NaN or Inf"
 
 
+def stored_tensor(record: WeightRecord, tensor: ir.TensorProtocol, pruned: np.ndarray) -> ir.Tensor:
+    """The tensor to store for a weight whose pruned real values a method returned (requantized if quantized)."""
+    grid = record.grid
+    values = pruned if grid is None else requantize(grid, tensor.numpy(), pruned, values_kept=False)
+    return ir.Tensor(np.asarray(values), dtype=tensor.dtype, name=tensor.name)
+
+
 def requantize(grid: QuantGrid, stored: np.ndarray, pruned: np.ndarray, *, values_kept: bool) -> np.ndarray:
     """The stored (quantized) tensor for a pruned tensor of real values.
 

@@ -36,16 +36,16 @@ from ..calibration.methods import (
     SequentialMethod,
     load_gradients,
 )
-from ..errors import BadInput, ExitCode, ValidationFailed
+from ..errors import ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
 from ..passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
 from ..passes.weights import Status, WeightRecord, weight_records
 from ..report import format_table, tensor_entry
-from ..validation.budget import Budget, fit_budget
+from ..validation.budget import Budget, fit_budget, output_error
 from ..validation.compare import OutputComparison, compare_runs, worst_error
 from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
-from ..validation.sessions import open_session, run_feeds, session_provider
+from ..validation.sessions import open_model_session, open_session, run_feeds, session_provider
 from .loading import input_path, load_input
 from .options import PruneOptions
 
@@ -142,11 +142,6 @@ class _PruneRun:
         out = check_output_path(self.output, self.input)
         model = load_input(self.input, self.warnings)
         input_files = external_files(model)
-        if self.options.auto_exclude and needs_external_data(model):
-            raise BadInput(
-                "--auto-exclude works on models under 2 GiB: each of its trial runs writes the whole model into "
-                "one file for onnxruntime; leave layers dense with --exclude instead"
-            )
         external = self.options.external_data or needs_external_data(model)
         with (
             StagedOutput(out, external_data=external, input_files=input_files) as staged,
@@ -164,7 +159,7 @@ class _PruneRun:
             validation = self.reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
             method = self.calibrate(model, calibration, stack) or method
-            self.permute(model, method)
+            method = self.permute(model, method, calibration)
             budget = None
             if self.options.auto_exclude:
                 budget, method = self.fit_budget(model, method, validation)
@@ -283,10 +278,16 @@ class _PruneRun:
         log.info("captured in %.1f s", time.monotonic() - started)
         return CalibratedMethod(options.method, stats, damp=options.damp, refit=options.refit, tune=options.tune)
 
-    def permute(self, model: ir.Model, method: PruneMethod) -> None:
-        """Reorder channels (``--permute``); with calibration, scored by it and kept only where it helps."""
+    def permute(self, model: ir.Model, method: PruneMethod, calibration: FeedSet | None) -> PruneMethod:
+        """Reorder channels (``--permute``); with calibration, scored by it and kept only where it helps.
+
+        A layer whose calibrated error is not lower for its permutation is put back
+        at once; then the whole model is pruned in both orders and the one whose
+        outputs move less on the held-out calibration feeds is kept (the method
+        then reuses those results).
+        """
         if not self.options.permute:
-            return
+            return method
         stats = method.stats if isinstance(method, CalibratedMethod) else None
         log.info("searching channel permutations (at most %g s)", self.options.permute_seconds)
         permute = PermuteChannels(
@@ -295,8 +296,20 @@ class _PruneRun:
             permuted=_stats_follow(stats) if stats is not None else None,
         )
         changed = permute(model).weights
-        undone = sum(_keep_if_better(method, permute, record) for record in changed) if stats is not None else 0
+        if stats is None:
+            log.info("permuted the channels before %d weights", len(changed))
+            return method
+        undone = sum(_keep_if_better(method, permute, record) for record in changed)
         log.info("permuted the channels before %d weights (%d put back)", len(changed) - undone, undone)
+        if len(changed) == undone or calibration is None:
+            return method
+        if needs_external_data(model):
+            self.warnings.append(
+                "--permute: the model is too large to prune in both channel orders in memory, so only each "
+                "layer's calibrated error decided"
+            )
+            return method
+        return _better_order(model, method, permute, calibration)
 
     def fit_budget(self, model: ir.Model, method: PruneMethod, validation: _Validation) -> tuple[Budget, PruneMethod]:
         """Measure each candidate's sensitivity and leave the fewest most sensitive ones dense."""
@@ -588,6 +601,55 @@ def _keep_if_better(method: CalibratedMethod, permute: PermuteChannels, record: 
     record.permutation["kept"] = False
     record.permutation["note"] = "original order kept: calibrated, the permuted layer's error was not lower"
     return True
+
+
+def _better_order(
+    model: ir.Model, method: CalibratedMethod, permute: PermuteChannels, calibration: FeedSet
+) -> PruneMethod:
+    """Prune the whole model with and without the permutations; keep the order whose outputs move less.
+
+    Compared on the held-out calibration feeds (every 4th; all of them when there are
+    fewer than 4).  Returns the method with the chosen order's results precomputed.
+    """
+    feeds = calibration.feeds[3::4] if len(calibration) >= 4 else calibration.feeds
+    candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+    with tempfile.TemporaryDirectory(prefix="sparse24-order-") as folder:
+        session = open_model_session(model, Path(folder) / "model.onnx")
+        reference = run_feeds(session, feeds, hint=calibration.hint)
+        names = [o.name for o in session.get_outputs()]
+        del session
+    trials = {}
+    for order in ("permuted", "original"):
+        if order == "original":
+            undone = [permute.undo(record) for record in list(_permuted_records(permute, candidates))]
+        results, notes = {}, {}
+        for record in candidates:
+            pruned = method.prune(record, record.real(record.source.tensor.numpy()))
+            if not isinstance(pruned, str):
+                results[record.name] = pruned
+                notes[record.name] = record.calibration
+        chosen = [r for r in candidates if r.name in results]
+        error = output_error(model, chosen, results, feeds, reference, names)
+        trials[order] = (error, results, notes)
+        log.info("calibration feeds' output error with the %s channel order: %.4g", order, error)
+    keep = trials["permuted"][0] < trials["original"][0]
+    if keep:
+        for chain, perm in undone:
+            permute.redo(chain, perm)
+    error, results, notes = trials["permuted" if keep else "original"]
+    for record in candidates:
+        if record.name in notes:
+            record.calibration = notes[record.name]
+        if record.permutation is not None:
+            record.permutation["model_error"] = {"permuted": trials["permuted"][0], "original": trials["original"][0]}
+            if not keep and record.permutation.get("kept", True):
+                record.permutation["kept"] = False
+                record.permutation["note"] = "original order kept: the whole model moved less without permutations"
+    return Precomputed(method, results)
+
+
+def _permuted_records(permute: PermuteChannels, records: list[WeightRecord]) -> list[WeightRecord]:
+    return [r for r in records if r.name in permute.applied]
 
 
 def _scratch(out: Path) -> StagedOutput:

@@ -6,8 +6,9 @@ Then the most sensitive layers are left dense, as few as possible, until the
 model with all the other layers pruned is within the bound (a binary search
 over how many to leave dense, assuming more dense layers never hurt).
 
-Each evaluation writes the model to a temporary file and loads it into
-onnxruntime once; the model object is left as it was.
+Each evaluation writes the model's structure to a temporary file and hands
+onnxruntime the weights as arrays (:func:`~sparse24_onnx.validation.sessions.open_model_session`),
+so models over 2 GiB work too; the model object is left as it was.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ..modelio.writer import write_embedded
+from ..passes.prune_weights import stored_tensor
 from ..passes.weights import WeightRecord
 from .compare import compare_runs, worst_error
-from .sessions import open_session, run_feeds
+from .sessions import open_model_session, run_feeds
 
-__all__ = ["Budget", "fit_budget"]
+__all__ = ["Budget", "fit_budget", "output_error"]
 
 
 @dataclass
@@ -71,25 +72,9 @@ def fit_budget(
 
     def error_with(names: set[str]) -> float:
         nonlocal evaluations
-        swapped = []
-        try:
-            for record in records:
-                if record.name in names:
-                    tensor = record.source.tensor
-                    swapped.append((record, tensor))
-                    record.source.replace(ir.Tensor(pruned[record.name], dtype=tensor.dtype, name=tensor.name))
-            with tempfile.TemporaryDirectory(prefix="sparse24-budget-") as folder:
-                path = Path(folder) / "model.onnx"
-                write_embedded(model, path)
-                session = open_session(path, role="output")
-                outputs = run_feeds(session, feeds)
-                del session
-        finally:
-            for record, tensor in swapped:
-                record.source.replace(tensor)
         evaluations += 1
-        worst = worst_error(compare_runs(output_names, reference, outputs))
-        return math.inf if math.isnan(worst) else worst
+        chosen = [r for r in records if r.name in names]
+        return output_error(model, chosen, pruned, feeds, reference, output_names)
 
     sensitivity = {}
     for i, record in enumerate(records):
@@ -113,3 +98,34 @@ def fit_budget(
         else:
             low = middle
     return Budget(sensitivity, order[:high], errors[high], evaluations)
+
+
+def output_error(
+    model: ir.Model,
+    records: list[WeightRecord],
+    pruned: dict[str, np.ndarray],
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    output_names: list[str],
+) -> float:
+    """The worst relative output error of ``model`` with ``records``' weights replaced by their ``pruned`` values.
+
+    ``pruned`` holds what a method returns (real values; quantized weights are
+    put back on their grid).  The model is restored afterwards; inf when an
+    output is NaN.
+    """
+    swapped = []
+    try:
+        for record in records:
+            tensor = record.source.tensor
+            swapped.append((record, tensor))
+            record.source.replace(stored_tensor(record, tensor, pruned[record.name]))
+        with tempfile.TemporaryDirectory(prefix="sparse24-trial-") as folder:
+            session = open_model_session(model, Path(folder) / "model.onnx")
+            outputs = run_feeds(session, feeds)
+            del session
+    finally:
+        for record, tensor in swapped:
+            record.source.replace(tensor)
+    worst = worst_error(compare_runs(output_names, reference, outputs))
+    return math.inf if math.isnan(worst) else worst
