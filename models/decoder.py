@@ -217,6 +217,7 @@ def build_decoder(config: DecoderConfig = DecoderConfig()) -> onnx.ModelProto:
 def save_decoder(config: DecoderConfig, path: str | Path, *, external_data: bool | None = None) -> Path:
     """Write a decoder to ``path``; with external data (``path.data``) when asked or over 1 GiB of weights."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     model = build_decoder(config)
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     external = size > (1 << 30) if external_data is None else external_data

@@ -43,6 +43,8 @@ log = logging.getLogger("sparse24_onnx")
 
 #: Largest K for which X^T X is accumulated (K x K float32).
 MAX_HESSIAN_K = 16384
+#: Rows of a layer input gathered (per input, in bytes) before their X^T X is computed in one product.
+PENDING_BYTES = 4 << 20
 
 
 @dataclass
@@ -196,6 +198,26 @@ class _Input:
     channels: int  # K of sq_norm
     stats: LayerStats | None = None
     weights: list[str] = field(default_factory=list)
+    #: Feature rows waiting to be multiplied in one larger product (fit rows, held-out rows).
+    pending: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
+
+    def pending_rows(self) -> int:
+        return sum(part.shape[0] for parts in self.pending for part in parts)
+
+    def flush(self) -> None:
+        """Add the pending rows' ``X^T X`` to the totals: one product per part (BLAS runs a
+        2048-wide product ~2.5x faster per row on 512 rows than on 128)."""
+        fit, held = self.pending
+        stats = self.stats
+        if fit:
+            rows = fit[0] if len(fit) == 1 else np.concatenate(fit)
+            stats.hessian += rows.T @ rows
+        if held:
+            rows = held[0] if len(held) == 1 else np.concatenate(held)
+            product = rows.T @ rows
+            stats.hessian += product
+            stats.held_out += product
+        self.pending = ([], [])
 
 
 def stats_bytes(features: int, channels: int, *, hessian: bool, hold_out: bool) -> int:
@@ -308,6 +330,9 @@ def _capture(
                 for item in group:
                     _accumulate(item, run[item.value.name], hessian, held=held, split_rows=hold_out and not by_feed)
                 del run
+            for item in group:
+                if item.stats is not None and item.stats.hessian is not None:
+                    item.flush()
             del session
     finally:
         for value in added:
@@ -334,18 +359,20 @@ def _accumulate(item: _Input, activation: np.ndarray, hessian: bool, *, held: bo
     stats.sq_norm += np.einsum("nk,nk->k", rows, rows, dtype=np.float64)
     if stats.hessian is None:
         return
-    product = features.T @ features  # one float32 matrix product (BLAS)
-    stats.hessian += product
-    if held or split_rows:
-        if stats.held_out is None:
-            stats.held_out = np.zeros_like(stats.hessian)
-        if held:
-            stats.held_out += product
-            stats.held_out_rows += features.shape[0]
-        else:
-            part = features[3::4]
-            stats.held_out += part.T @ part
-            stats.held_out_rows += part.shape[0]
+    if (held or split_rows) and stats.held_out is None:
+        stats.held_out = np.zeros_like(stats.hessian)
+    fit, pending_held = item.pending
+    if held:
+        pending_held.append(features)
+        stats.held_out_rows += features.shape[0]
+    elif split_rows:
+        pending_held.append(features[3::4])
+        fit.append(np.delete(features, np.s_[3::4], axis=0))
+        stats.held_out_rows += pending_held[-1].shape[0]
+    else:
+        fit.append(features)
+    if item.pending_rows() * features.shape[1] * 4 >= PENDING_BYTES:
+        item.flush()
 
 
 def _spill(item: _Input, folder: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..core import gradient_importance, prune_24_dense
 from ..core.admm import admm_24
 from ..core.quantized import QuantGrid
-from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, wanda_importance
+from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, sparsegpt_factor, wanda_importance
 from ..errors import BadInput
 from ..passes.prune_weights import PruneMethod
 from ..passes.weights import WeightRecord
@@ -136,8 +136,12 @@ class _MatrixView:
         return np.ascontiguousarray(array).astype(dtype)
 
 
-#: Largest K for which the kept weights are refit (conjugate gradients: tens of (rows, K) @ (K, K) products).
+#: Largest K for which the kept weights are refit when asked (``--refit``).
 REFIT_MAX_K = 4096
+#: The tuned methods try the refit only on layers where it costs at most this many floating-point
+#: operations (its conjugate-gradient steps: ~24 products of (rows, K) by (K, K)): ~1-2 s on the
+#: machines measured.  A 2048 x 2048 layer (200 GFLOP) is refit only when asked.
+TUNED_REFIT_FLOPS = 1e11
 #: Rows of a weight the candidates are compared on (a fixed random sample when there are more).
 TUNE_ROWS = 128
 #: Dampening the tuned methods choose from (fractions of the Hessian's mean diagonal): light when there
@@ -167,14 +171,20 @@ class Config:
         text = self.solver if self.solver in ("magnitude", "wanda") else f"{self.solver} (damp {self.damp:g})"
         return text + (" + refit" if self.refit else "")
 
-    def solve(self, w: np.ndarray, h: np.ndarray, grid: QuantGrid | None) -> np.ndarray:
-        """The pruned ``(rows, K)`` weights for weights ``w`` and ``H = X^T X`` (float64)."""
+    def solve(
+        self, w: np.ndarray, h: np.ndarray, grid: QuantGrid | None, factors: _Factors | None = None
+    ) -> np.ndarray:
+        """The pruned ``(rows, K)`` weights for weights ``w`` and ``H = X^T X`` (float64).
+
+        ``factors`` caches SparseGPT's factorisation of ``h`` for weights that share it.
+        """
         if self.solver == "magnitude":
             pruned = prune_24_dense(w, 1)
         elif self.solver == "wanda":
             pruned = prune_24_dense(w, 1, np.abs(w) * np.sqrt(np.maximum(np.diag(h), 0.0)))
         elif self.solver == "sparsegpt":
-            pruned = sparsegpt_24(w, h, damp=self.damp, grid=grid)
+            factor = factors.get(h, self.damp) if factors is not None else None
+            pruned = sparsegpt_24(w, h, damp=self.damp, grid=grid, factor=factor)
         else:
             pruned = admm_24(w, h, damp=self.damp, grid=grid)
         if self.refit:
@@ -182,6 +192,27 @@ class Config:
             if grid is not None:  # back onto the stored weight's grid: the errors include the rounding
                 pruned = grid.round(pruned)
         return np.asarray(pruned, dtype=np.float64)
+
+
+class _Factors:
+    """SparseGPT factorisations of the last few Hessians, so that weights reading one input share them.
+
+    Keyed by the Hessian array's identity (the method hands out one array per layer
+    input and kind) and the dampening; a handful are kept (q, k and v follow each other).
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: dict[tuple[int, float], tuple[np.ndarray, tuple]] = {}
+
+    def get(self, h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(h), damp)
+        found = self.entries.get(key)
+        if found is None or found[0] is not h:
+            while len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            found = self.entries[key] = (h, sparsegpt_factor(h, damp))
+        return found[1]
 
 
 def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool | None) -> list[Config]:
@@ -257,7 +288,7 @@ class CalibratedMethod:
     every candidate of :func:`candidates` on the calibration rows that are not held
     out; the one whose layer output error on the held-out rows is lowest wins (then
     whether refitting its kept weights by least squares helps is tried the same
-    way, where K <= :data:`REFIT_MAX_K`), and the winner is computed again on all
+    way, where it is affordable: :data:`TUNED_REFIT_FLOPS`), and the winner is computed again on all
     rows.  ``damp`` and ``refit`` force a choice when given.  Without ``tune`` the
     family's own solver runs with its default dampening.
 
@@ -293,6 +324,22 @@ class CalibratedMethod:
         self.damp = damp
         self.refit = refit
         self.tune = tune
+        self._factors = _Factors()
+        self._hessians: tuple[LayerStats, dict[str, np.ndarray | None]] | None = None
+
+    def _hessian(self, stats: LayerStats, kind: str) -> np.ndarray | None:
+        """``full``, ``fit`` or ``held`` Hessian (float64) of ``stats``; the last layer input's are kept,
+        so that the weights reading it (q, k, v) share them and their factorisations."""
+        if self._hessians is None or self._hessians[0] is not stats:
+            self._hessians = (stats, {})
+        found = self._hessians[1]
+        if kind not in found:
+            found[kind] = {
+                "full": stats.full_hessian,
+                "fit": stats.fit_hessian,
+                "held": stats.held_out_hessian,
+            }[kind]()
+        return found[kind]
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         return self._prune(record, weights, self.stats.get(record.name), out)
@@ -340,8 +387,8 @@ class CalibratedMethod:
             config = self._choose(w, stats, grid, note)
         else:
             config = self._fixed(k)
-        h = stats.full_hessian()
-        pruned = config.solve(w, h, grid)
+        h = self._hessian(stats, "full")
+        pruned = config.solve(w, h, grid, self._factors)
         note.update(
             method=config.label + (" (im2col)" if view.im2col else ""),
             solver=config.solver,
@@ -364,7 +411,8 @@ class CalibratedMethod:
         fixed random sample: each row's problem is separate, so a sample ranks the
         candidates as the whole would, at a fraction of the cost).
         """
-        fit, held = stats.fit_hessian(), stats.held_out_hessian()
+        fit, held = self._hessian(stats, "fit"), self._hessian(stats, "held")
+        full_rows = w.shape[0]
         if w.shape[0] > TUNE_ROWS:
             sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
             w = w[sample]
@@ -372,12 +420,14 @@ class CalibratedMethod:
                 grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
         errors: dict[Config, float] = {}
         for config in candidates(self.name, w.shape[1], stats.rows - stats.held_out_rows, self.damp, self.refit):
-            errors[config] = layer_output_error(w, config.solve(w, fit, grid), held)
+            errors[config] = layer_output_error(w, config.solve(w, fit, grid, self._factors), held)
         best = min(errors, key=lambda c: (errors[c], list(errors).index(c)))
         # ADMM's last iterations already refine its kept weights towards least squares: no refit candidate.
-        if self.refit is None and w.shape[1] <= REFIT_MAX_K and best.solver not in ("magnitude", "admm"):
+        rows, k = full_rows, w.shape[1]
+        affordable = 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
+        if self.refit is None and affordable and best.solver not in ("magnitude", "admm"):
             refit = Config(best.solver, best.damp, refit=True)
-            errors[refit] = layer_output_error(w, refit.solve(w, fit, grid), held)
+            errors[refit] = layer_output_error(w, refit.solve(w, fit, grid, self._factors), held)
             if errors[refit] < errors[best]:
                 best = refit
         note["held_out_samples"] = stats.held_out_rows
