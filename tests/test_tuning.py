@@ -102,7 +102,7 @@ def test_held_out_rows_choose_strong_dampening_when_data_is_scarce():
     note = record.calibration
     assert note["held_out_samples"] == 24
     assert set(note["candidates"]) >= {"magnitude", "wanda", "sparsegpt (damp 0.1)", "sparsegpt (damp 0.5)"}
-    assert note["held_out_error"] == min(note["candidates"].values())
+    assert note["held_out_error"] <= min(note["candidates"].values()) * 1.01  # the simplest within 1 %
     assert note["held_out_error"] <= note["candidates"]["magnitude"]
     assert "rank-deficient" in note["warning"]
     # Plenty of rows: the light dampening grid.

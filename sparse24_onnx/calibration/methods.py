@@ -142,6 +142,8 @@ REFIT_MAX_K = 4096
 #: operations (its conjugate-gradient steps: ~24 products of (rows, K) by (K, K)): ~1-2 s on the
 #: machines measured.  A 2048 x 2048 layer (200 GFLOP) is refit only when asked.
 TUNED_REFIT_FLOPS = 1e11
+#: A more complex candidate is chosen only when its held-out error is more than this share lower.
+TIE = 0.01
 #: Rows of a weight the candidates are compared on (a fixed random sample when there are more).
 TUNE_ROWS = 128
 #: Dampening the tuned methods choose from (fractions of the Hessian's mean diagonal): light when there
@@ -421,14 +423,17 @@ class CalibratedMethod:
         errors: dict[Config, float] = {}
         for config in candidates(self.name, w.shape[1], stats.rows - stats.held_out_rows, self.damp, self.refit):
             errors[config] = layer_output_error(w, config.solve(w, fit, grid, self._factors), held)
-        best = min(errors, key=lambda c: (errors[c], list(errors).index(c)))
+        # The simplest candidate (magnitude first) within TIE of the lowest error: a held-out estimate
+        # from few rows is noisy, and a more complex fit must earn its place.
+        lowest = min(errors.values())
+        best = next(c for c in errors if errors[c] <= lowest * (1 + TIE))
         # ADMM's last iterations already refine its kept weights towards least squares: no refit candidate.
         rows, k = full_rows, w.shape[1]
         affordable = 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
         if self.refit is None and affordable and best.solver not in ("magnitude", "admm"):
             refit = Config(best.solver, best.damp, refit=True)
             errors[refit] = layer_output_error(w, refit.solve(w, fit, grid, self._factors), held)
-            if errors[refit] < errors[best]:
+            if errors[refit] < errors[best] * (1 - TIE):
                 best = refit
         note["held_out_samples"] = stats.held_out_rows
         note["held_out_error"] = errors[best]

@@ -151,7 +151,8 @@ class FeedSet:
         """One line per input (inputs alike, such as the caches of every layer, share a line)."""
         groups: dict[tuple, list[str]] = {}
         for entry in self.inputs:
-            shapes = " or ".join("x".join(map(str, s)) or "scalar" for s in entry["shapes"])
+            listed = ["x".join(map(str, s)) or "scalar" for s in entry["shapes"]]
+            shapes = " or ".join(listed) if len(listed) <= 3 else f"{len(listed)} shapes, {listed[0]} to {listed[-1]}"
             assumed = ", ".join(f"{k}={v.split(':')[0]}" for k, v in entry.get("assumed", {}).items())
             key = (entry["dtype"], shapes, entry["values"], assumed)
             groups.setdefault(key, []).append(str(entry["name"]))
