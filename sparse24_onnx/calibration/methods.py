@@ -87,55 +87,6 @@ def load_gradients(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
         raise BadInput(f"{path}: not a readable .npz file ({error})") from None
 
 
-class _MatrixView:
-    """A weight as the ``(rows, K)`` matrix its layer's Hessian ``X^T X`` is ``(K, K)`` for.
-
-    MatMul/Gemm weights: K is the reduction axis.  2-D Conv weights with im2col
-    statistics: ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest, so
-    that 4 consecutive columns are 4 input channels at one kernel position.
-    """
-
-    def __init__(self, weights: np.ndarray, axis: int, im2col: bool) -> None:
-        self.shape = weights.shape
-        self.axis = axis
-        self.im2col = im2col
-
-    @classmethod
-    def of(cls, weights: np.ndarray, axis: int, stats: LayerStats | None) -> _MatrixView | None:
-        """The view that matches ``stats.hessian``, or None when there is none."""
-        if stats is None or stats.hessian is None:
-            return None
-        if stats.im2col and weights.ndim == 4:
-            return cls(weights, axis, True)
-        if weights.ndim == 2 and stats.hessian.shape[0] == weights.shape[axis]:
-            return cls(weights, axis, False)
-        return None
-
-    def rows(self, weights: np.ndarray) -> np.ndarray:
-        if self.im2col:
-            return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
-        return np.moveaxis(weights, self.axis, -1).reshape(-1, weights.shape[self.axis])
-
-    def grid(self, grid: QuantGrid | None) -> QuantGrid | None:
-        """A weight's quantization grid laid over this ``(rows, K)`` view."""
-        if grid is None:
-            return None
-        scale = self.rows(np.broadcast_to(grid.scale, self.shape))
-        zero = self.rows(np.broadcast_to(grid.zero_point, self.shape))
-        return QuantGrid(grid.dtype, scale, zero, grid.divide)
-
-    def tensor(self, rows: np.ndarray, dtype) -> np.ndarray:
-        if self.im2col:
-            m, c, kh, kw = self.shape
-            array = rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
-        else:
-            moved = list(self.shape)
-            moved.append(moved.pop(self.axis))
-            array = np.moveaxis(rows.reshape(moved), -1, self.axis)
-        # Casting to a narrower dtype can only add zeros; pruned entries are exact zeros already.
-        return np.ascontiguousarray(array).astype(dtype)
-
-
 #: Largest K for which the kept weights are refit when asked (``--refit``).
 REFIT_MAX_K = 4096
 #: The tuned methods try the refit only on layers where it costs at most this many floating-point
