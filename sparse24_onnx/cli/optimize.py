@@ -33,8 +33,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         choices=("magnitude", "gradient", "wanda", "sparsegpt", "admm"),
         default="magnitude",
         help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; with --calibration: wanda "
-        "(|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated) or admm (mask chosen gradually and kept "
-        "weights solved for: the most accurate)",
+        "(|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated; recommended) or admm (mask chosen "
+        "gradually, kept weights solved for; slower on large layers)",
     )
     parser.add_argument(
         "--calibration",
