@@ -83,10 +83,6 @@ class QuantGrid:
         zero = np.broadcast_to(np.asarray(self.zero_point, dtype=stored.dtype), stored.shape)
         return np.where(mask, stored, zero)
 
-    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The stored tensor that stands for all zeros: the zero point everywhere."""
-        return np.broadcast_to(np.asarray(self.zero_point, dtype=self.dtype), shape).copy()
-
     def quantize(self, real: np.ndarray) -> np.ndarray:
         """The stored values nearest to ``real`` on this grid (round half to even, saturated)."""
         scale = self._scale()

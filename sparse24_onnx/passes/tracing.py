@@ -291,15 +291,14 @@ def trace_uses(
     shape = tuple(int(d) for d in shape)
     quantized = stored_dtype is not None
     start = _Step(value, shape, tuple(range(len(shape))), (), quantized, quantized)
-    _Tracer(functions, trace, shape, stored_dtype).follow(start)
+    _Tracer(functions, trace, stored_dtype).follow(start)
     return trace
 
 
 class _Tracer:
-    def __init__(self, functions, trace: Trace, stored_shape: tuple[int, ...], stored_dtype: np.dtype | None) -> None:
+    def __init__(self, functions, trace: Trace, stored_dtype: np.dtype | None) -> None:
         self.functions = functions
         self.trace = trace
-        self.stored_shape = stored_shape
         self.stored_dtype = stored_dtype
         #: Zero points read from a ``Sub`` on a weight-only path, by the id of the Sub's output value.
         self.zero_points: dict[int, np.ndarray] = {}
@@ -469,7 +468,7 @@ class _Tracer:
         dtype = np.dtype(self.stored_dtype)
         zero_point = np.zeros((), dtype=dtype) if zero is None else zero
         grid = QuantGrid(dtype, stored.astype(np.float32), np.asarray(zero_point).astype(dtype), divide=op == "Div")
-        scheme = _scheme_of(stored, self.stored_shape)
+        scheme = _scheme_of(stored)
         form = "Cast -> " + ("Sub -> " if zero is not None else "") + op
         self.trace.dequantized.append(Dequantization(form, node.name or "", grid, scheme, grid.symmetric))
         self.follow(step.to(node.outputs[0], op, stored_quantized=False, quantized=False))
@@ -525,7 +524,8 @@ def _lay_over(scale, zero, step: _Step, axis: int, block: int, permutation):
     )
 
 
-def _scheme_of(scale: np.ndarray, shape: tuple[int, ...]) -> str:
+def _scheme_of(scale: np.ndarray) -> str:
+    """How a scale laid over the stored tensor varies: per-tensor, per-channel (axis A) or per-element."""
     spread = [a for a, n in enumerate(scale.shape) if n > 1]
     if not spread:
         return "per-tensor"
