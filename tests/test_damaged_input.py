@@ -42,6 +42,17 @@ def damaged(data: bytes, rng: random.Random) -> bytes:
     return bytes(mutable)
 
 
+def quietly(run) -> tuple[object, str]:
+    """A command's exit code (or what escaped it, as text) and the end of its stderr; stdout dropped."""
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = run()
+        except BaseException as error:  # the test reports whatever escapes
+            code = f"raised {type(error).__name__}: {error}"
+    return code, errors.getvalue().strip()[-200:]
+
+
 @pytest.mark.parametrize("form", ["dense", "compressed"])
 def test_damaged_models_never_cause_an_internal_error(models_dir, tmp_path, form):
     source = models_dir / "mlp.onnx"
@@ -56,14 +67,10 @@ def test_damaged_models_never_cause_an_internal_error(models_dir, tmp_path, form
         path = tmp_path / f"damaged{case}.onnx"
         path.write_bytes(damaged(data, rng))
         for name, run in COMMANDS.items():
-            errors = io.StringIO()
-            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    code = run(path, tmp_path / f"out{case}.onnx")
-                except BaseException as error:  # the test reports whatever escapes
-                    code = f"raised {type(error).__name__}: {error}"
+            out = tmp_path / f"out{case}.onnx"
+            code, errors = quietly(lambda run=run, path=path, out=out: run(path, out))
             if code not in (0, 1, 2):
-                failures.append((case, name, code, errors.getvalue().strip()[-200:]))
+                failures.append((case, name, code, errors))
     assert not failures, failures
 
 
@@ -79,14 +86,10 @@ def test_damaged_feed_files_never_cause_an_internal_error(models_dir, tmp_path):
         feed = tmp_path / f"feed{case}.npz"
         feed.write_bytes(damaged(data, rng))
         for option in (["--inputs", str(feed)], ["--method", "wanda", "--calibration", str(feed)]):
-            errors = io.StringIO()
-            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    code = optimize_main([str(models_dir / "mlp.onnx"), str(tmp_path / "o.onnx"), "-q", *option])
-                except BaseException as error:
-                    code = f"raised {type(error).__name__}: {error}"
+            args = [str(models_dir / "mlp.onnx"), str(tmp_path / "o.onnx"), "-q", *option]
+            code, errors = quietly(lambda args=args: optimize_main(args))
             if code not in (0, 1, 2):
-                failures.append((case, option[-2], code, errors.getvalue().strip()[-200:]))
+                failures.append((case, option[-2], code, errors))
     assert not failures, failures
 
 
