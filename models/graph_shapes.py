@@ -12,7 +12,7 @@
 * ``shared_gemm.onnx``: one initializer feeding 12 Gemm nodes (like an unrolled LSTM cell).
 * ``both_constant.onnx``: MatMul whose A and B are both initializers.
 * ``opset7.onnx``: MatMul and Gemm (C required) at opset 7, IR version 4.
-* ``ir3.onnx``: the same at IR version 3, where every initializer is also a graph input.
+* ``ir3.onnx``: the same at IR version 3, where every initializer is also a graph input (a constant there).
 * ``odd_shapes.onnx``: a declared output shape that is wrong, no value_info, an output without sizes.
 * ``nan_weights.onnx``: one weight with NaN, one with Inf, one clean.
 * ``cnn.onnx``: convolutions of every kind (RGB input, grouped, depthwise, 1-D, 3-D, ConvTranspose).
@@ -310,7 +310,7 @@ def opset7(seed: int = 17) -> onnx.ModelProto:
 
 
 def ir3(seed: int = 20) -> onnx.ModelProto:
-    """IR version 3: every initializer is also a graph input, so a caller may override it."""
+    """IR version 3: every initializer is also a graph input, which onnxruntime treats as a constant."""
     model = opset7(seed)
     graph = model.graph
     for tensor in graph.initializer:

@@ -15,7 +15,7 @@ from .errors import BadInput
 from .passes.weights import Status, WeightRecord
 from .validation.compare import OutputComparison
 
-__all__ = ["check_report_path", "format_table", "tensor_entry", "write_json"]
+__all__ = ["StagedReport", "check_report_path", "format_table", "tensor_entry", "write_json"]
 
 _METRIC_FIELDS = (
     "pruned_count",
@@ -62,8 +62,12 @@ def _finite_or_text(obj: object) -> object:
     return obj
 
 
-def check_report_path(path: str | os.PathLike | None) -> None:
-    """Refuse a ``--report`` path that cannot be written, before any work is done (``-`` is stdout)."""
+def check_report_path(path: str | os.PathLike | None, protected: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse a ``--report`` path that cannot be written, before any work is done (``-`` is stdout).
+
+    ``protected`` are files the report must never replace: the input model and its
+    external data, OUT and its side file.
+    """
     if path is None or str(path) == "-":
         return
     path = Path(path)
@@ -72,6 +76,13 @@ def check_report_path(path: str | os.PathLike | None) -> None:
     folder = path.resolve().parent
     if not folder.is_dir():
         raise BadInput(f"--report {path}: folder {path.parent} does not exist")
+    target = path.resolve()
+    for other in protected:
+        if Path(other).resolve() == target:
+            raise BadInput(
+                f"--report {path}: is {other}, a model file of this run, which the report would replace; "
+                "give the report its own path"
+            )
     if path.exists() and not path.is_file():
         if not os.access(path, os.W_OK):
             raise BadInput(f"--report {path}: cannot be written")
@@ -86,6 +97,69 @@ def _umask() -> int:
     return mask
 
 
+def _json_text(document: dict[str, object]) -> str:
+    if "tool" not in document:
+        document = {"tool": "sparse24-onnx", "version": __version__, **document}
+    return json.dumps(_finite_or_text(document), indent=2, allow_nan=False) + "\n"
+
+
+class StagedReport:
+    """A report written to a temporary file beside its destination, put in place by :meth:`commit`.
+
+    Staging the report before OUT is committed means a report that cannot be
+    written (a full disk, a folder that refuses new files) stops the run while
+    nothing is written yet: OUT and its report land together or not at all.
+    ``-`` (stdout) and paths that are not regular files (``/dev/stdout``, a pipe)
+    are written at :meth:`commit`.
+
+    Raises:
+        BadInput: The report cannot be staged (the message names ``--report``).
+    """
+
+    def __init__(self, path: str | os.PathLike, document: dict[str, object]) -> None:
+        self.path = str(path)
+        self.text = _json_text(document)
+        self.temp: Path | None = None
+        if self.path == "-":
+            return
+        target = Path(self.path)
+        if target.exists() and not target.is_file():
+            return
+        try:
+            handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+            self.temp = Path(temp)
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(self.text)
+            os.chmod(temp, 0o666 & ~_umask())
+        except OSError as error:
+            self.discard()
+            raise BadInput(f"--report {self.path}: cannot write the report ({error.strerror or error})") from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        """Put the report in place (a rename within its folder), or write it to stdout or the special file."""
+        try:
+            if self.path == "-":
+                sys.stdout.write(self.text)
+                sys.stdout.flush()
+            elif self.temp is None:
+                with open(self.path, "w", encoding="utf-8") as stream:
+                    stream.write(self.text)
+            else:
+                os.replace(self.temp, self.path)
+                self.temp = None
+        except OSError as error:
+            self.discard()
+            raise BadInput(f"--report {self.path}: cannot write the report ({error.strerror or error})") from None
+
+    def discard(self) -> None:
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+
 def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
     """Write ``document`` as JSON to ``path`` (``-``: stdout).
 
@@ -94,27 +168,7 @@ def write_json(path: str | os.PathLike, document: dict[str, object]) -> None:
     a path that exists and is not a regular file (``/dev/stdout``, a pipe) is
     written to as it is, never replaced.
     """
-    if "tool" not in document:
-        document = {"tool": "sparse24-onnx", "version": __version__, **document}
-    text = json.dumps(_finite_or_text(document), indent=2, allow_nan=False) + "\n"
-    if str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        with open(path, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        return
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    StagedReport(path, document).commit()
 
 
 _TYPE_NAMES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .common import emit, progress_to_stderr, write_report
+from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
   sparse24 check model.sparse.onnx
@@ -50,12 +50,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.check import check_model
-    from ..report import check_report_path
 
-    check_report_path(args.report)
     progress_to_stderr(not args.quiet)
-    result = check_model(args.model, exclude=args.exclude, tc_shapes=args.tc_shapes, strict=args.strict)
-    write_report(args.report, result.report)
+    result = check_model(
+        args.model, exclude=args.exclude, tc_shapes=args.tc_shapes, strict=args.strict, report=args.report
+    )
     if not args.quiet:
         on_stdout = args.report == "-"
         if result.records:

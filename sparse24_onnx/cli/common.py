@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..errors import ExitCode, Sparse24Error
 
-__all__ = ["PREFIX", "ArgumentParser", "emit", "progress_to_stderr", "run_main", "write_report"]
+__all__ = ["PREFIX", "ArgumentParser", "emit", "progress_to_stderr", "run_main"]
 
 #: Every error line of every command starts with this.
 PREFIX = "sparse24"
@@ -107,16 +107,3 @@ def emit(text: str, *, report_on_stdout: bool = False) -> None:
     stream = sys.stderr if report_on_stdout else sys.stdout
     stream.write(text + "\n")
     stream.flush()
-
-
-def write_report(path: str | None, document: dict[str, object]) -> None:
-    """Write the report: ``-`` means stdout, a file is replaced atomically (see :func:`report.write_json`)."""
-    if path is None:
-        return
-    from ..errors import BadInput
-    from ..report import write_json
-
-    try:
-        write_json(path, document)
-    except OSError as error:
-        raise BadInput(f"--report {path}: cannot write the report ({error.strerror or error})") from None

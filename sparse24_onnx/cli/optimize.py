@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .common import emit, progress_to_stderr, write_report
+from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
   sparse24 optimize model.onnx model.sparse.onnx
   sparse24 optimize model.onnx out.onnx --inputs feeds/ --max-rel-error 0.05 --report report.json
-  sparse24 optimize model.onnx out.onnx --method admm --calibration calib/ --inputs heldout/
+  sparse24 optimize model.onnx out.onnx --method sparsegpt --calibration calib/ --inputs heldout/
   sparse24 optimize decoder.onnx out.onnx --shape seq=64 --format compressed
 
 exit codes: 0 done; 1 validation error above --max-rel-error or validation that witnessed nothing
@@ -31,10 +31,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--method",
         choices=("magnitude", "gradient", "wanda", "sparsegpt", "admm"),
-        default="magnitude",
-        help="how the kept weights are chosen: |w| (default); |w*g| with --gradients; with --calibration: wanda "
-        "(|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated; recommended) or admm (mask chosen "
-        "gradually, kept weights solved for; slower on large layers)",
+        default=None,
+        help="how the kept weights are chosen: |w| (default without --calibration); |w*g| with --gradients; "
+        "with --calibration: wanda (|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated; recommended, "
+        "the default with --calibration) or admm (mask chosen gradually, kept weights solved for; slower)",
     )
     parser.add_argument(
         "--calibration",
@@ -107,9 +107,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--permute-seconds",
         type=float,
-        default=60.0,
+        default=None,
         metavar="S",
-        help="time cap of the permutation search, all layers together (default 60)",
+        help="time cap of the whole permutation phase (search and guard), all layers together (default 60)",
     )
     parser.add_argument(
         "--external-data",
@@ -191,27 +191,23 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "num_feeds": args.num_feeds,
         "max_rel_error": args.max_rel_error,
         "auto_exclude": args.auto_exclude,
+        "report": args.report,
+        "spelling": "cli",
     }
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ValidationFailed
     from ..pipeline.prune import prune_model
-    from ..report import check_report_path
 
-    check_report_path(args.report)
     progress_to_stderr(not args.quiet)
     on_stdout = args.report == "-"
     try:
-        result = prune_model(args.input, args.output, **options(args))
+        result = prune_model(args.input, args.output, **options(args))  # writes the report too
     except ValidationFailed as failed:
-        result = failed.result
-        if result is not None:
-            write_report(args.report, result.report)
-            if not args.quiet:
-                _present(result, on_stdout)
+        if failed.result is not None and not args.quiet:
+            _present(failed.result, on_stdout)
         raise
-    write_report(args.report, result.report)
     if not args.quiet:
         _present(result, on_stdout)
     return result.exit_code

@@ -142,15 +142,18 @@ class StagedOutput:
             raise BadInput(f"{self.destination}: cannot write the model ({error.strerror or error})") from None
         self._saved = True
 
+    def planned(self) -> list[tuple[Path, Path]]:
+        """``(final path, staged path)`` of each file :meth:`commit` will move, side file first."""
+        names = ([self.data_name] if self.data_name else []) + [self.destination.name]
+        return [(self.destination.parent / name, self.folder / name) for name in names]
+
     def commit(self) -> list[Path]:
         """Move the staged files next to ``destination``; return their final paths."""
         if not self._saved:
             raise RuntimeError("commit() before save()")
-        names = ([self.data_name] if self.data_name else []) + [self.destination.name]
         final = []
-        for name in names:
-            target = self.destination.parent / name
-            os.replace(self.folder / name, target)
+        for target, staged in self.planned():
+            os.replace(staged, target)
             final.append(target)
         self.discard()
         return final

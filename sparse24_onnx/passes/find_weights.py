@@ -62,6 +62,9 @@ class FindWeights(InPlacePass):
                 raise BadInput(f"--exclude {pattern!r}: not a regular expression ({error})") from None
 
     def call(self, model: ir.Model) -> PassResult:
+        # Before IR version 4 every initializer had to be listed as a graph input too, and onnxruntime
+        # treats such inputs as constants; from 4 on, an initializer that is also an input can be overridden.
+        self._overridable = (model.ir_version or 0) >= 4
         functions = dict(model.functions)
         records = []
         for label, graph in all_graphs(model):
@@ -131,7 +134,7 @@ class FindWeights(InPlacePass):
         if len(axes) > 1:
             detail = ", ".join(f"{u.op_type} '{u.node}' axis {u.axis}" for u in trace.uses)
             return f"its consumers need different axes ({detail})"
-        if value.is_graph_input():
+        if value.is_graph_input() and getattr(self, "_overridable", True):
             return "is also a graph input, so a caller can override it at run time"
         if trace.others:
             return trace.others[0]

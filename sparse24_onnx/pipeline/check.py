@@ -19,11 +19,12 @@ from .. import __version__
 from ..core import count_dense_groups
 from ..errors import BadInput, ExitCode
 from ..modelio.compressed import compressed_entries, read_sparse_weights
+from ..modelio.load import external_files
 from ..modelio.provenance import read_provenance
 from ..passes import FindWeights
 from ..passes.find_weights import TC_SHAPES
 from ..passes.weights import Status, WeightRecord, data_problem
-from ..report import format_table, tensor_entry
+from ..report import check_report_path, format_table, tensor_entry, write_json
 from .loading import input_path, load_input
 
 __all__ = ["CheckResult", "check_model"]
@@ -60,6 +61,12 @@ class CheckResult:
         eligible = summary["sparse"] + summary["not_sparse"]
         if summary["not_sparse"]:
             return f"FAIL: {summary['not_sparse']} of {eligible} eligible weights are not 2:4"
+        on_purpose = summary.get("left_dense_on_purpose", 0)
+        if not summary["sparse"] and on_purpose:
+            return (
+                f"FAIL: no weight is 2:4; all {on_purpose} eligible weights were left dense on purpose "
+                "(--exclude or --auto-exclude when optimized)"
+            )
         return f"OK: all {summary['sparse']} eligible weights are 2:4 ({summary['skipped']} skipped)"
 
 
@@ -69,6 +76,7 @@ def check_model(
     exclude: list[str] | tuple[str, ...] = (),
     tc_shapes: str | None = None,
     strict: bool = False,
+    report: str | os.PathLike | None = None,
 ) -> CheckResult:
     """Check that every eligible MatMul/Gemm/Conv weight of ``model`` is 2:4 along its axis.
 
@@ -78,6 +86,7 @@ def check_model(
         tc_shapes: Which shapes count as eligible (``strict``, ``relaxed``, ``off``); default: the rule
             recorded in the model's ``sparse24`` metadata, else ``strict``.
         strict: Also require 2:4 of the weights the metadata says were left dense on purpose.
+        report: Also write the report (JSON) there (``-``: stdout); never over the model or its data.
 
     Raises:
         BadInput: The model cannot be read, or an option is bad.
@@ -87,7 +96,9 @@ def check_model(
     FindWeights(exclude)  # refuse a bad --exclude before loading the model
     warnings: list[str] = []
     with input_path(model) as (path, label):
+        check_report_path(report, [path])
         loaded = load_input(path, warnings)
+        check_report_path(report, external_files(loaded))
         for line in warnings:
             log.warning("%s", line)
         provenance = read_provenance(loaded)
@@ -100,8 +111,11 @@ def check_model(
         records += compressed_records(loaded)
     failing = [r for r in records if r.status == Status.NOT_SPARSE]
     sparse = [r for r in records if r.status == Status.SPARSE]
-    exit_code = ExitCode.FAILED_CHECK if failing else ExitCode.OK
-    report = {
+    on_purpose = [r for r in records if r.deliberate]
+    # A model none of whose weights is 2:4, because every eligible one was left dense on purpose, is not a
+    # sparse model: the gate must not pass it as "all 0 eligible weights are 2:4".
+    exit_code = ExitCode.FAILED_CHECK if failing or (on_purpose and not sparse) else ExitCode.OK
+    document = {
         "tool": "sparse24-onnx",
         "version": __version__,
         "command": "check",
@@ -112,12 +126,15 @@ def check_model(
             "sparse": len(sparse),
             "not_sparse": len(failing),
             "skipped": len(records) - len(sparse) - len(failing),
+            "left_dense_on_purpose": len(on_purpose),
         },
         "warnings": warnings,
         "tensors": [tensor_entry(r) for r in records],
         "exit_code": int(exit_code),
     }
-    return CheckResult(report, records, int(exit_code))
+    if report is not None:
+        write_json(report, document)
+    return CheckResult(document, records, int(exit_code))
 
 
 def check_records(records: list[WeightRecord], intended_dense: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,20 @@ __all__ = ["METHODS", "PruneOptions"]
 METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
 #: Methods that need calibration data.
 CALIBRATED = ("wanda", "sparsegpt", "admm")
+#: The calibrated method used when calibration data comes without a method (measured: docs/methods.md).
+RECOMMENDED = "sparsegpt"
 #: Storage formats of the pruned weights.
 FORMATS = ("dense", "compressed")
 
 Feeds = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
+
+#: Command-line flags whose spelling is not ``--`` + the option's name with dashes.
+CLI_FLAGS = {
+    "validate": "--no-validate",
+    "tune": "--no-tune",
+    "shapes": "--shape",
+    "int_ranges": "--int-range",
+}
 
 
 @dataclass
@@ -40,7 +50,7 @@ class PruneOptions:
     option with ``validate=False``, is refused rather than silently ignored.
     """
 
-    method: str = "magnitude"
+    method: str | None = None
     calibration: Feeds | None = None
     damp: float | None = None
     sequential: bool = False
@@ -52,7 +62,7 @@ class PruneOptions:
     tc_shapes: str = "strict"
     format: str = "dense"
     permute: bool = False
-    permute_seconds: float = 60.0
+    permute_seconds: float | None = None
     external_data: bool = False
     validate: bool = True
     inputs: Feeds | None = None
@@ -62,15 +72,36 @@ class PruneOptions:
     num_feeds: int | None = None
     max_rel_error: float | None = None
     auto_exclude: bool = False
+    report: str | os.PathLike | None = None
+    #: Set by :meth:`check`: the method was chosen for the caller (calibration given, no method named).
+    method_chosen: bool = field(default=False, repr=False)
+    #: How messages name options: ``python`` (``max_rel_error=``) or ``cli`` (``--max-rel-error``).
+    spelling: str = field(default="python", repr=False)
 
     @classmethod
-    def from_keywords(cls, options: Mapping[str, object]) -> PruneOptions:
-        """Build from keyword arguments; an unknown keyword is bad input naming the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
+    def from_keywords(cls, options: Mapping[str, object], base: PruneOptions | None = None) -> PruneOptions:
+        """Build from keyword arguments (over ``base``'s values when given); an unknown keyword is bad input
+        naming the known ones."""
+        known = {f.name for f in fields(cls) if f.repr}
+        unknown = sorted(set(options) - known - {"spelling"})
         if unknown:
             raise BadInput(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if base is not None:
+            return replace(base, **options)  # type: ignore[arg-type]
         return cls(**options)  # type: ignore[arg-type]
+
+    def spell(self, name: str) -> str:
+        """How an option is named to this caller: ``--max-rel-error`` on the command line, ``max_rel_error=``
+        from Python."""
+        if self.spelling == "cli":
+            return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+        return f"{name}="
+
+    def given(self, name: str, value: object, *, quote: bool = False) -> str:
+        """An option with its value as this caller wrote it: ``--method admm`` or ``method='admm'``."""
+        if self.spelling == "cli":
+            return f"{self.spell(name)} {value!r}" if quote else f"{self.spell(name)} {value}"
+        return f"{name}={value!r}"
 
     # ------------------------------------------------------------------ derived values
 
@@ -103,78 +134,116 @@ class PruneOptions:
     # ------------------------------------------------------------------ checks
 
     def check(self) -> None:
-        """Refuse bad values and combinations, before any file is read.
+        """Refuse bad values and combinations, before any file is read; settle the method.
 
         Raises:
-            BadInput: With a one-line message naming the command-line option.
+            BadInput: With a one-line message naming the option as the caller spells it.
         """
+        o = self.spell
+        if self.method is None:
+            self.method = RECOMMENDED if self.calibration is not None else "magnitude"
+            self.method_chosen = self.calibration is not None
         if self.method not in METHODS:
-            raise BadInput(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise BadInput(f"{self.given('method', self.method, quote=True)}: choose one of {', '.join(METHODS)}")
         if self.format not in FORMATS:
-            raise BadInput(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
-        steering = self.sequential or self.refit is not None or self.damp is not None or not self.tune
+            raise BadInput(f"{self.given('format', self.format, quote=True)}: choose one of {', '.join(FORMATS)}")
+        steering = [
+            o(name)
+            for name, on in (
+                ("sequential", self.sequential),
+                ("refit", self.refit is not None),
+                ("damp", self.damp is not None),
+                ("tune", not self.tune),
+            )
+            if on
+        ]
         if steering and not self.calibrated:
-            raise BadInput("--sequential, --refit, --damp and --no-tune go with --method wanda, sparsegpt or admm")
+            raise BadInput(f"{', '.join(steering)} go(es) with {o('method')} wanda, sparsegpt or admm")
         if self.calibrated and self.calibration is None:
-            raise BadInput(f"--method {self.method} needs --calibration PATH (.npz keyed by input name, or a folder)")
+            raise BadInput(
+                f"{self.given('method', self.method)} needs {o('calibration')} (feeds: a .npz keyed by input name, "
+                "a folder of them, or a loader)"
+            )
         if self.calibration is not None and not self.calibrated:
-            raise BadInput("--calibration is used with --method wanda, sparsegpt or admm")
+            raise BadInput(f"{o('calibration')} is used with {o('method')} wanda, sparsegpt or admm")
         if self.method == "gradient" and self.gradients is None:
-            raise BadInput("--method gradient needs --gradients PATH.npz (gradients keyed by initializer name)")
+            raise BadInput(
+                f"{self.given('method', 'gradient')} needs {o('gradients')} (a .npz of gradients keyed by weight name)"
+            )
         if self.gradients is not None and self.method != "gradient":
-            raise BadInput("--gradients is only used with --method gradient")
+            raise BadInput(f"{o('gradients')} is only used with {self.given('method', 'gradient')}")
         if self.damp is not None and not (isinstance(self.damp, (int, float)) and 0 <= self.damp < 10):
-            raise BadInput("--damp must be a fraction of the Hessian's mean diagonal, in [0, 10)")
+            raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
-            raise BadInput("--calibration-memory must be a positive number of GiB")
+            raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
         if self.max_rel_error is not None and not self.max_rel_error >= 0:
-            raise BadInput("--max-rel-error must be a number >= 0")
-        if not self.permute_seconds > 0:
-            raise BadInput("--permute-seconds must be a positive number")
+            raise BadInput(f"{o('max_rel_error')} must be a number >= 0")
+        if self.permute_seconds is not None and not self.permute:
+            raise BadInput(f"{o('permute_seconds')} caps {o('permute')}, which was not asked for; drop one")
+        if self.permute_seconds is not None and not self.permute_seconds > 0:
+            raise BadInput(f"{o('permute_seconds')} must be a positive number")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise BadInput(f"--seed {self.seed}: must be a whole number from 0 to 2**63 - 1")
+            raise BadInput(f"{self.given('seed', self.seed)}: must be a whole number from 0 to 2**63 - 1")
         if self.num_feeds is not None and self.num_feeds < 1:
-            raise BadInput("--num-feeds must be at least 1")
+            raise BadInput(f"{o('num_feeds')} must be at least 1")
         self._check_combinations()
         for pattern in self.exclude:
             try:
                 re.compile(pattern)
             except re.error as error:
-                raise BadInput(f"--exclude {pattern!r}: not a regular expression ({error})") from None
+                raise BadInput(
+                    f"{self.given('exclude', pattern, quote=True)}: not a regular expression ({error})"
+                ) from None
         self.shape_sizes  # noqa: B018  (parses, or raises BadInput)
         self.integer_ranges  # noqa: B018
-        for option, value in (("--inputs", self.inputs), ("--calibration", self.calibration)):
+        for name in ("inputs", "calibration"):
+            value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
-                _check_feed_path(option, Path(value))
-            elif value is not None and not _is_feed_list(value):
-                raise BadInput(f"{option}: expected a path or a list of {{input name: array}} dicts")
+                _check_feed_path(o(name), Path(value))
+            elif value is not None and not _is_feed_source(value):
+                raise BadInput(
+                    f"{o(name)}: expected a path, a list or iterable of {{input name: array}} dicts, or an object "
+                    "with get_next() (onnxruntime's CalibrationDataReader)"
+                )
         if isinstance(self.gradients, (str, os.PathLike)):
             path = Path(self.gradients)
             if not path.is_file():
-                raise BadInput(f"--gradients {path}: no such file")
+                raise BadInput(f"{o('gradients')} {path}: no such file")
+
+    @property
+    def cap_seconds(self) -> float:
+        """The permutation phase's time cap (``permute_seconds``, default 60)."""
+        return 60.0 if self.permute_seconds is None else float(self.permute_seconds)
 
     def _check_combinations(self) -> None:
+        o = self.spell
         generated = {
-            "--shape": bool(self.shapes),
-            "--int-range": bool(self.int_ranges),
-            "--seed": self.seed is not None,
-            "--num-feeds": self.num_feeds is not None,
+            o("shapes"): bool(self.shapes),
+            o("int_ranges"): bool(self.int_ranges),
+            o("seed"): self.seed is not None,
+            o("num_feeds"): self.num_feeds is not None,
         }
         given = [name for name, on in generated.items() if on]
         if not self.validate:
-            ignored = [*given, *(["--inputs"] if self.inputs is not None else [])]
-            ignored += [name for name, on in (("--max-rel-error", self.max_rel_error is not None),) if on]
+            ignored = [*given, *([o("inputs")] if self.inputs is not None else [])]
+            ignored += [o("max_rel_error")] if self.max_rel_error is not None else []
             if ignored:
-                raise BadInput(f"--no-validate with {', '.join(ignored)}: these only steer validation; drop one")
+                raise BadInput(f"{o('validate')} with {', '.join(ignored)}: these only steer validation; drop one")
         elif self.inputs is not None and given:
             raise BadInput(
-                f"--inputs with {', '.join(given)}: those describe generated inputs, which --inputs replaces; drop one"
+                f"{o('inputs')} with {', '.join(given)}: those describe generated inputs, which {o('inputs')} "
+                "replaces; drop one"
             )
         if self.auto_exclude and self.max_rel_error is None:
-            raise BadInput("--auto-exclude needs --max-rel-error (and validation)")
+            raise BadInput(f"{o('auto_exclude')} needs {o('max_rel_error')} (and validation)")
 
 
 def _check_feed_path(option: str, path: Path) -> None:
+    script = re.fullmatch(r"(.+\.py)(?::[A-Za-z_]\w*)?", str(path))
+    if script:  # a loader script (file.py[:function]): only the file is checked before the run
+        if not Path(script.group(1)).is_file():
+            raise BadInput(f"{option} {path}: no such loader script {script.group(1)}")
+        return
     if path.is_dir():
         if not any(path.glob("*.npz")):
             raise BadInput(f"{option} {path}: folder holds no .npz files")
@@ -184,10 +253,12 @@ def _check_feed_path(option: str, path: Path) -> None:
         raise BadInput(f"{option} {path}: not readable")
 
 
-def _is_feed_list(value: object) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, (str, bytes))
-        and len(value) > 0
-        and all(isinstance(feed, Mapping) for feed in value)
-    )
+def _is_feed_source(value: object) -> bool:
+    """A list of feed dicts, any other iterable of them (a generator), or a ``get_next()`` reader."""
+    if isinstance(value, (str, bytes, Mapping)):
+        return False
+    if callable(getattr(value, "get_next", None)):
+        return True
+    if isinstance(value, Sequence):
+        return len(value) > 0 and all(isinstance(feed, Mapping) for feed in value)
+    return hasattr(value, "__iter__")

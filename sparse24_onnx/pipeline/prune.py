@@ -36,14 +36,14 @@ from ..calibration.methods import (
     SequentialMethod,
     load_gradients,
 )
-from ..errors import ExitCode, ValidationFailed
+from ..errors import BadInput, ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
 from ..passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
 from ..passes.weights import Status, WeightRecord, weight_records
-from ..report import format_table, tensor_entry
+from ..report import StagedReport, check_report_path, format_table, tensor_entry
 from ..validation.budget import Budget, fit_budget, output_error
-from ..validation.compare import OutputComparison, compare_runs, worst_error
+from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
 from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
 from ..validation.sessions import open_model_session, open_session, run_feeds, session_provider
 from .loading import input_path, load_input
@@ -86,16 +86,22 @@ class PruneResult:
     @property
     def verdict(self) -> str:
         """One line: what was pruned, the validation's outcome, what was written."""
-        return _verdict(self.records, self.report.get("validation"), self.output)
+        return _verdict(self.records, self.report.get("validation"), self.output, self.report.get("summary"))
 
 
-def prune_model(model: str | os.PathLike | object, output: str | os.PathLike, **options: object) -> PruneResult:
+def prune_model(
+    model: str | os.PathLike | object,
+    output: str | os.PathLike,
+    options: PruneOptions | None = None,
+    **keywords: object,
+) -> PruneResult:
     """Prune a model's MatMul/Gemm/Conv weights to 2:4 and write it to ``output``.
 
     Args:
         model: Path of the ONNX model (never modified), or an ``onnx.ModelProto``.
         output: Where to write the pruned model (atomically; not at all on failure).
-        **options: As the command line's, by their Python names (see
+        options: A :class:`~sparse24_onnx.pipeline.options.PruneOptions` (keywords override its fields).
+        **keywords: As the command line's options, by their Python names (see
             :class:`~sparse24_onnx.pipeline.options.PruneOptions`): ``method``,
             ``calibration`` (a path or a list of ``{input: array}`` dicts), ``damp``,
             ``sequential``, ``refit``, ``gradients``, ``exclude``, ``tc_shapes``,
@@ -111,7 +117,7 @@ def prune_model(model: str | os.PathLike | object, output: str | os.PathLike, **
         ValidationFailed: An output moved more than ``max_rel_error`` allows, or
             the validation witnessed nothing; ``error.result`` holds the report.
     """
-    settings = PruneOptions.from_keywords(options)
+    settings = PruneOptions.from_keywords(keywords, base=options)
     settings.check()
     with input_path(model) as (path, label):
         return _PruneRun(path, label, Path(output), settings).run()
@@ -140,8 +146,11 @@ class _PruneRun:
     def run(self) -> PruneResult:
         started = time.monotonic()
         out = check_output_path(self.output, self.input)
+        report_path = self.options.report
+        check_report_path(report_path, [self.input, out, out.with_name(out.name + ".data")])
         model = load_input(self.input, self.warnings)
         input_files = external_files(model)
+        check_report_path(report_path, input_files)
         external = self.options.external_data or needs_external_data(model)
         with (
             StagedOutput(out, external_data=external, input_files=input_files) as staged,
@@ -168,12 +177,26 @@ class _PruneRun:
             log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
             staged.save(model)
             comparisons, entry = self.validate(staged.path, records, validation)
-            written = staged.commit() if entry is None or entry["passed"] is not False else []
-        report = self.report(records, method, entry, budget, written, input_files)
+            if entry is not None and budget is not None and budget.sensitivity and budget.all_dense:
+                least = min(budget.sensitivity.values())
+                entry["passed"] = False
+                entry["failure"] = (
+                    f"{self.options.spell('auto_exclude')}: no weight can be pruned within "
+                    f"{self.options.given('max_rel_error', self.options.max_rel_error)}: the least sensitive of "
+                    f"the {len(budget.sensitivity)} weights moves the output by {least:.3g} when pruned alone"
+                )
+            writes = entry is None or entry["passed"] is not False
+            report = self.report(records, method, entry, budget, staged.planned() if writes else [], input_files)
+            # The report is staged before OUT is committed: a report that cannot be written stops
+            # the run while nothing is written, so OUT and its report land together or not at all.
+            staged_report = StagedReport(report_path, report) if report_path is not None else None
+            written = staged.commit() if writes else []
+            if staged_report is not None:
+                staged_report.commit()
         result = PruneResult(report, records, comparisons, out if written else None)
         log.info("done in %.1f s", time.monotonic() - started)
         if entry is not None and entry["passed"] is False:
-            raise ValidationFailed(_failure(entry, out), result=result)
+            raise ValidationFailed(f"{entry['failure']}; {out} was not written", result=result)
         return result
 
     # ------------------------------------------------------------------ steps
@@ -216,15 +239,21 @@ class _PruneRun:
         options = self.options
         if options.calibration is None and not options.validate:
             return None, None, None
+        if not any(r.status == Status.CANDIDATE for r in weight_records(model)):
+            # Nothing will change, so there is nothing to validate (and inputs onnxruntime would refuse
+            # must not turn "nothing to prune" into an error).
+            if options.validate:
+                self.warnings.append("nothing to prune, so nothing to validate: the model is written unchanged")
+            return None, None, None
         session = open_session(self.input, role="input")
         specs = InputSpec.from_session(session)
         calibration = None
         if options.calibration is not None:
-            calibration = load_feeds(options.calibration, specs, option="--calibration")
+            calibration = load_feeds(options.calibration, specs, option=options.spell("calibration"))
         feeds = None
         if options.validate:
             if options.inputs is not None:
-                feeds = load_feeds(options.inputs, specs)
+                feeds = load_feeds(options.inputs, specs, option=options.spell("inputs"))
             else:
                 default_range, int_ranges = options.integer_ranges
                 feeds = generate_feeds(
@@ -246,6 +275,7 @@ class _PruneRun:
         log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
         reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
         names = [o.name for o in session.get_outputs()]
+        _refuse_non_finite(names, reference, feeds)
         return _Validation(feeds, names, reference, session_provider(session))
 
     def calibrate(self, model: ir.Model, calibration: FeedSet | None, stack: ExitStack) -> PruneMethod | None:
@@ -289,9 +319,9 @@ class _PruneRun:
         if not self.options.permute:
             return method
         stats = method.stats if isinstance(method, CalibratedMethod) else None
-        log.info("searching channel permutations (at most %g s)", self.options.permute_seconds)
+        log.info("searching channel permutations (at most %g s)", self.options.cap_seconds)
         permute = PermuteChannels(
-            seconds=self.options.permute_seconds,
+            seconds=self.options.cap_seconds,
             importance=_calibrated_importance(stats) if stats is not None else None,
             permuted=_stats_follow(stats) if stats is not None else None,
         )
@@ -316,7 +346,7 @@ class _PruneRun:
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         results = {}
         for record in candidates:
-            pruned = method.prune(record, record.source.tensor.numpy())
+            pruned = method.prune(record, record.real(record.source.tensor.numpy()))
             if not isinstance(pruned, str):
                 results[record.name] = pruned
         candidates = [r for r in candidates if r.name in results]
@@ -365,7 +395,10 @@ class _PruneRun:
     def validate(
         self, path: Path, records: list[WeightRecord], validation: _Validation | None
     ) -> tuple[list[OutputComparison] | None, dict[str, object] | None]:
-        """Run the staged OUT on the validation feeds and compare; the report's ``validation`` entry."""
+        """Run the staged OUT on the validation feeds and compare; the report's ``validation`` entry.
+
+        The entry's ``failure`` says, in one line, why the gate failed (None when it did not).
+        """
         if validation is None:
             return None, None
         log.info("running the pruned model in onnxruntime")
@@ -374,6 +407,10 @@ class _PruneRun:
         del session
         comparisons = compare_runs(validation.output_names, validation.reference, candidate)
         warnings = [*validation.feeds.warnings]
+        empty = empty_outputs(validation.output_names, validation.reference)
+        if empty and comparisons:
+            shown = ", ".join(repr(name) for name in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            warnings.append(f"{len(empty)} output(s) empty for every feed were not compared ({shown})")
         blind = _witnessed_nothing(validation, candidate, records, comparisons)
         warnings += blind
         bound = self.options.max_rel_error
@@ -381,9 +418,17 @@ class _PruneRun:
         if worst > 1 or np.isnan(worst):
             warnings.append(
                 f"the worst output error is {worst:.3g}: the pruned model's output no longer resembles the original's; "
-                "try a calibrated method (--method sparsegpt --calibration ...) or --auto-exclude"
+                + _remedy(self.options)
             )
-        passed = None if bound is None else bool(worst <= bound) and not blind
+        failure = None
+        if bound is not None:
+            if blind:
+                failure = f"validation witnessed nothing ({blind[0]}); " + _witness_hint(validation.feeds)
+            elif not worst <= bound:
+                failure = (
+                    f"validation failed: relative L2 error {worst:.4g} exceeds "
+                    f"{self.options.given('max_rel_error', float(f'{bound:g}'))}"
+                )
         entry = {
             "feeds": len(validation.feeds),
             "source": validation.feeds.source,
@@ -392,9 +437,11 @@ class _PruneRun:
             "max_rel_error": bound,
             "worst_rel_l2_error": worst,
             "witnessed": not blind,
-            "passed": passed,
+            "passed": None if bound is None else failure is None,
+            "failure": failure,
             "warnings": warnings,
             "outputs": [c.as_dict() for c in comparisons],
+            "not_compared": empty,
         }
         for line in warnings:
             log.warning("%s", line)
@@ -406,10 +453,10 @@ class _PruneRun:
         method: PruneMethod,
         validation: dict[str, object] | None,
         budget: Budget | None,
-        written: list[Path],
+        written: list[tuple[Path, Path]],
         input_files: set[Path],
     ) -> dict[str, object]:
-        """The report document (the ``--report`` JSON)."""
+        """The report document (the ``--report`` JSON); ``written``: (final, staged) path of each file OUT takes."""
         inputs = [self.input, *sorted(input_files)]
         return {
             "tool": "sparse24-onnx",
@@ -417,7 +464,7 @@ class _PruneRun:
             "command": "optimize",
             "input": self.label,
             "output": str(self.output) if written else None,
-            "files": [str(p) for p in written],
+            "files": [str(final) for final, _ in written],
             "method": method.name,
             "format": self.options.format,
             "summary": _summary(records, inputs, written),
@@ -460,12 +507,8 @@ def _witnessed_nothing(
     """Why the comparison cannot have seen the pruning, one line each (empty when it could)."""
     problems = []
     names = validation.output_names
-    for feed_index, outputs in enumerate(validation.reference):
-        for name, array in zip(names, outputs, strict=False):
-            if np.asarray(array).size == 0:
-                problems.append(f"output {name!r} is empty for feed {feed_index}: nothing of it was compared")
     if not comparisons:
-        problems.append("the model has no numeric output to compare")
+        problems.append("the model has no non-empty numeric output to compare")
     changed = any(r.status == Status.PRUNED and r.metrics is not None and r.metrics.pruned_count for r in records)
     float_outputs = [
         i for i, _ in enumerate(names) if all(np.asarray(run[i]).dtype.kind == "f" for run in validation.reference)
@@ -488,20 +531,43 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def _failure(entry: dict[str, object], out: Path) -> str:
-    if not entry["witnessed"]:
-        reasons = [w for w in entry["warnings"] if "compared" in w or "bit-identical" in w or "no numeric" in w]
-        return (
-            f"validation witnessed nothing ({reasons[0] if reasons else 'see the report'}); pass real inputs with "
-            f"--inputs; {out} was not written"
-        )
+def _refuse_non_finite(names: list[str], reference: list[list[np.ndarray]], feeds: FeedSet) -> None:
+    """Refuse feeds with NaN or Inf inputs on which the original model's outputs are not finite either.
+
+    Non-finite *inputs* are fine when the outputs are finite (a ``-inf`` additive attention mask, say);
+    a model whose own weights make an output non-finite is compared as it is (equal values count as equal).
+    """
+    for index, (feed, outputs) in enumerate(zip(feeds.feeds, reference, strict=True)):
+        if all(np.isfinite(a).all() for a in feed.values() if isinstance(a, np.ndarray) and a.dtype.kind == "f"):
+            continue
+        for name, array in zip(names, outputs, strict=False):
+            if isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise BadInput(
+                    f"validation feed {index} ({feeds.source}) holds NaN or Inf, and output {name!r} of the original "
+                    "model is then not finite either, so output errors on it mean nothing; " + feeds.hint
+                )
+
+
+def _witness_hint(feeds: FeedSet) -> str:
+    """What to do when the validation saw nothing: depends on where the feeds came from."""
+    if feeds.source.startswith("generated"):
+        return "pass real inputs with --inputs"
+    return "these inputs do not exercise the pruned layers: feed inputs that reach them"
+
+
+def _remedy(options: PruneOptions) -> str:
+    """What to try when the output error is above 1, given what the run already did."""
+    if not options.calibrated:
+        return "try a calibrated method (--method sparsegpt --calibration ...) or --auto-exclude"
     return (
-        f"validation failed: relative L2 error {entry['worst_rel_l2_error']:.4g} exceeds --max-rel-error "
-        f"{entry['max_rel_error']:g}; {out} was not written"
+        "bring more (and more varied) calibration data, leave the most sensitive layers dense with "
+        "--auto-exclude --max-rel-error X, or --exclude them by name"
     )
 
 
-def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path]) -> dict[str, int | None]:
+def _summary(
+    records: list[WeightRecord], inputs: list[Path], written: list[tuple[Path, Path]]
+) -> dict[str, int | None]:
     pruned = [r for r in records if r.status == Status.PRUNED]
     return {
         "weights_found": len(records),
@@ -511,11 +577,13 @@ def _summary(records: list[WeightRecord], inputs: list[Path], written: list[Path
         "pruned_elements": sum(r.metrics.pruned_count for r in pruned if r.metrics),
         "total_elements": sum(r.metrics.total_count for r in pruned if r.metrics),
         "input_bytes": sum(p.stat().st_size for p in inputs),
-        "output_bytes": sum(p.stat().st_size for p in written) if written else None,
+        "output_bytes": sum(staged.stat().st_size for _, staged in written) if written else None,
     }
 
 
-def _verdict(records: list[WeightRecord], validation: dict | None, written: Path | None) -> str:
+def _verdict(
+    records: list[WeightRecord], validation: dict | None, written: Path | None, summary: dict | None = None
+) -> str:
     pruned = [r for r in records if r.status == Status.PRUNED]
     if not records:
         head = "nothing to prune: no MatMul/Gemm/Conv weight held as a constant"
@@ -533,13 +601,32 @@ def _verdict(records: list[WeightRecord], validation: dict | None, written: Path
             verdict = "WITNESSED NOTHING"
         elif bound is None:
             verdict = "no bound set"
+        elif validation["passed"]:
+            verdict = f"within {bound:g}"
+        elif worst <= bound:
+            verdict = f"FAILED: {validation.get('failure')}"
         else:
-            verdict = f"within {bound:g}" if validation["passed"] else f"ABOVE --max-rel-error {bound:g}"
+            verdict = f"ABOVE the bound {bound:g}"
         head += f"; worst output relative L2 error {worst:.4g} ({verdict})"
     else:
         head += "; not validated"
-    head += f"; wrote {written}" if written else "; nothing written"
+    if written:
+        head += f"; wrote {written}"
+        if summary and summary.get("output_bytes") is not None:
+            size, before = summary["output_bytes"], summary.get("input_bytes") or 0
+            head += f" ({_human(size)}" + (f", {size / before:.2f} of the input)" if before else ")")
+    else:
+        head += "; nothing written"
     return head
+
+
+def _human(nbytes: int) -> str:
+    """A size in the units ``ls -h`` users read: ``59.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
 
 
 def _size(model: ir.Model) -> str:

@@ -46,6 +46,11 @@ class Budget:
     error: float
     evaluations: int
 
+    @property
+    def all_dense(self) -> bool:
+        """Every weight had to stay dense: no pruning meets the bound."""
+        return len(self.dense) == len(self.sensitivity)
+
 
 def fit_budget(
     model: ir.Model,

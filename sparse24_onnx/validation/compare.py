@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["OutputComparison", "compare_runs", "worst_error"]
+__all__ = ["OutputComparison", "compare_runs", "empty_outputs", "worst_error"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,15 @@ def compare_runs(
 ) -> list[OutputComparison]:
     """Compare the outputs of two models run on the same feeds.
 
-    Outputs that are not numeric (strings, sequences) are left out.
+    Outputs that are not numeric (strings, sequences) are left out, and so are
+    outputs empty in every feed (a zero-length state: nothing to compare; see
+    :func:`empty_outputs`).
     """
     comparisons = []
+    empty = set(empty_outputs(names, reference))
     for index, name in enumerate(names):
+        if name in empty:
+            continue
         maxima = [0.0]
         diff_sq = ref_sq = cand_sq = dot = 0.0
         numeric = True
@@ -88,3 +93,12 @@ def worst_error(comparisons: list[OutputComparison]) -> float:
     if any(math.isnan(v) for v in values):
         return math.nan
     return max(values, default=0.0)
+
+
+def empty_outputs(names: list[str], reference: list[list[np.ndarray]]) -> list[str]:
+    """Outputs that hold no element in any feed (zero-length by design, or for these inputs)."""
+    return [
+        name
+        for index, name in enumerate(names)
+        if reference and all(isinstance(run[index], np.ndarray) and run[index].size == 0 for run in reference)
+    ]

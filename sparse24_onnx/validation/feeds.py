@@ -69,6 +69,10 @@ _ORT_TYPES = {
 }
 
 _DEFAULT_INT_RANGE = (0, 2)
+#: ml_dtypes' element types, which NumPy can hold but onnxruntime cannot be fed from.
+_NARROW_FLOATS = frozenset(
+    {"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "int4", "uint4", "float4_e2m1fn"}
+)
 #: Length given to sequence-like dynamic dimensions that ``--shape`` does not set.
 SEQUENCE_LENGTH = 16
 #: Generated feeds larger than this in all are refused (the estimate is given).
@@ -110,6 +114,21 @@ class InputSpec:
         """NumPy dtype, or None for types that cannot be generated (strings, maps)."""
         found = _ORT_TYPES.get(self.type)
         return np.dtype(found) if found is not None else None
+
+    @property
+    def type_name(self) -> str:
+        """The element type in NumPy's words (``float32``), or onnxruntime's type for non-tensors."""
+        dtype = self.dtype
+        return str(dtype) if dtype is not None else self.type
+
+    @property
+    def tensor(self) -> bool:
+        """A tensor input (not a sequence, map or optional), which an ``.npz`` array can feed."""
+        return self.type.startswith("tensor(")
+
+    def declares_empty(self) -> bool:
+        """Some fixed dimension is 0: the model expects an empty tensor here."""
+        return any(d == 0 for d in self.dims if isinstance(d, int))
 
     @property
     def cache(self) -> bool:
@@ -308,16 +327,19 @@ def generate_feeds(
     total = 0
     for spec in specs:
         if spec.dtype is None:
-            raise BadInput(
-                f"input {spec.name!r} has type {spec.type}, for which no values can be generated; "
+            remedy = (
                 "pass them with --inputs"
+                if spec.tensor
+                else "an .npz cannot hold it either: validate from Python with feeds as dicts "
+                "(prune_model(..., inputs=[{...}])) or pass --no-validate"
             )
+            raise BadInput(f"input {spec.name!r} has type {spec.type}, for which no values can be generated; {remedy}")
         assumed: dict[str, str] = {}
         dims = _resolve_dims(spec, shapes, cache_dims, assumed)
         size = 1
         for d in dims:
             size *= d
-        if size == 0 and not spec.cache:
+        if size == 0 and not spec.cache and not spec.declares_empty():
             raise BadInput(f"input {spec.name!r} would be empty (shape {list(dims)}): give every size with --shape")
         total += size * spec.dtype.itemsize * count
         rule = _value_rule(spec, int_ranges, default_int_range)
@@ -387,7 +409,11 @@ def load_feeds(
     are missing are fed empty (an empty cache).  Errors name ``option``, the
     command-line option the feeds came from.
     """
-    if isinstance(source, (str, os.PathLike)):
+    option = option.rstrip("=")
+    if isinstance(source, (str, os.PathLike)) and _is_loader_script(str(source)):
+        named = [(f"{option} {source} feed {i}", feed) for i, feed in enumerate(_run_loader(str(source), option))]
+        where = str(source)
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
             files = sorted(path.glob("*.npz"))
@@ -400,8 +426,10 @@ def load_feeds(
         named = [(f"{option} {file}", _read_npz(file, option)) for file in files]
         where = str(path)
     else:
-        named = [(f"{option} feed {i}", dict(feed)) for i, feed in enumerate(source)]
-        where = "arrays"
+        named = [(f"{option} feed {i}", feed) for i, feed in enumerate(_iterate(source, option))]
+        where = "arrays" if isinstance(source, Sequence) else f"{type(source).__name__} object"
+    if not named:
+        raise BadInput(f"{option} {where}: gave no feeds")
     checked = [_check_feed(arrays, specs, label) for label, arrays in named]
     feeds = [feed for feed, _ in checked]
     described = FeedSet(feeds, where, hint=f"check the arrays of {option}")
@@ -417,6 +445,70 @@ def load_feeds(
             entry["values"] = "empty key/value cache (not in the files), as for a prompt's first step"
         described.inputs.append(entry)
     return described
+
+
+_LOADER = re.compile(r"^(?P<file>.+\.py)(?::(?P<function>[A-Za-z_]\w*))?$")
+#: The function a loader script is called through when none is named (Polygraphy's name).
+LOADER_FUNCTION = "load_data"
+
+
+def _is_loader_script(text: str) -> bool:
+    return _LOADER.match(text) is not None
+
+
+def _run_loader(spec: str, option: str):
+    """Feeds from ``script.py[:function]``: the function, called without arguments, yields feed dicts."""
+    import importlib.util
+
+    match = _LOADER.match(spec)
+    path = Path(match.group("file"))
+    function = match.group("function") or LOADER_FUNCTION
+    if not path.is_file():
+        raise BadInput(f"{option} {spec}: no such loader script {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_sparse24_loader_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        raise BadInput(f"{option} {spec}: the loader script failed ({type(error).__name__}: {error})") from None
+    loader = getattr(module, function, None)
+    if not callable(loader):
+        raise BadInput(f"{option} {spec}: {path} defines no function {function}() (name it with {path}:NAME)")
+    try:
+        produced = loader()
+    except Exception as error:
+        raise BadInput(f"{option} {spec}: {function}() failed ({type(error).__name__}: {error})") from None
+    return _iterate(produced, f"{option} {spec}")
+
+
+def _iterate(source: object, option: str):
+    """Feed dicts from a list, an iterable (a generator) or a ``get_next()`` reader (onnxruntime's
+    ``CalibrationDataReader``), each checked to be a mapping; errors in the user's code are bad input."""
+    reader = getattr(source, "get_next", None)
+    if callable(reader):
+
+        def read():
+            while (feed := reader()) is not None:
+                yield feed
+
+        items = read()
+    else:
+        try:
+            items = iter(source)
+        except TypeError:
+            raise BadInput(f"{option}: {type(source).__name__} is no iterable of feed dicts") from None
+    index = 0
+    while True:
+        try:
+            feed = next(items)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise BadInput(f"{option}: reading feed {index} failed ({type(error).__name__}: {error})") from None
+        if not isinstance(feed, Mapping):
+            raise BadInput(f"{option}: feed {index} is a {type(feed).__name__}, not a {{input name: array}} dict")
+        yield dict(feed)
+        index += 1
 
 
 def _read_npz(file: Path, option: str) -> dict[str, np.ndarray]:
@@ -451,13 +543,17 @@ def _check_feed(arrays: Mapping[str, object], specs: list[InputSpec], where: str
         ):
             raise BadInput(f"{where}: {spec.name!r} has shape {list(array.shape)}, the model declares {_show(dims)}")
         dtype = spec.dtype
+        if array.dtype.kind == "V" or array.dtype.name in _NARROW_FLOATS:
+            raise BadInput(
+                f"{where}: {spec.name!r} holds {array.dtype} values (bfloat16, float8 and int4 arrays are stored "
+                f"in .npz as raw bytes, and onnxruntime takes none of them from NumPy); save it as "
+                f"{spec.type_name}"
+            )
         if dtype is not None and array.dtype != dtype:
             if array.dtype.kind != dtype.kind and not (array.dtype.kind in "iu" and dtype.kind in "iu"):
-                raise BadInput(f"{where}: {spec.name!r} is {array.dtype}, the model takes {spec.type}")
+                raise BadInput(f"{where}: {spec.name!r} is {array.dtype}, the model takes {spec.type_name}")
             array = array.astype(dtype)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise BadInput(f"{where}: {spec.name!r} holds NaN or Inf, which make output errors meaningless")
-        if array.size == 0 and not spec.cache:
+        if array.size == 0 and not spec.cache and not spec.declares_empty():
             raise BadInput(
                 f"{where}: {spec.name!r} is empty (shape {list(array.shape)}): the outputs would be empty and "
                 "validation would compare nothing"
