@@ -76,7 +76,7 @@ def test_bad_input_is_an_exception_not_an_exit(tmp_path):
         prune_model(tmp_path / "missing.onnx", tmp_path / "out.onnx")
     with pytest.raises(BadInput, match="unknown option"):
         prune_model(tmp_path / "missing.onnx", tmp_path / "out.onnx", max_rel_err=0.1)
-    with pytest.raises(BadInput, match="method=.gradient. needs gradients="):
+    with pytest.raises(BadInput, match=r"method=.gradient. needs gradients="):
         prune_model(tmp_path / "missing.onnx", tmp_path / "out.onnx", method="gradient")
     with pytest.raises(BadInput, match=r"expected a path or an onnx\.ModelProto"):
         check_model(42)

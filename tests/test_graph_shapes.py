@@ -266,7 +266,11 @@ def test_check_reports_and_exit_codes(models_dir, tmp_path):
     assert "OK: all 2 eligible weights are 2:4" in result.stdout
     document = json.loads(report.read_text())
     assert document["summary"] == {
-        "weights_found": 3, "sparse": 2, "not_sparse": 0, "skipped": 1, "left_dense_on_purpose": 1
+        "weights_found": 3,
+        "sparse": 2,
+        "not_sparse": 0,
+        "skipped": 1,
+        "left_dense_on_purpose": 1,
     }
     statuses = {t["name"]: (t["status"], t["reason"]) for t in document["tensors"]}
     assert statuses["fc2.weight"][0] == "skipped"

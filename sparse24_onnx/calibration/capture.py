@@ -68,6 +68,11 @@ class LayerStats:
     im2col: bool = False
     held_out: np.ndarray | None = None
     held_out_rows: int = 0
+    #: Why ``hessian`` is None (empty when it is there).
+    no_hessian: str = ""
+    #: Rows left out because they held NaN or Inf (the model's own activations overflowed), and on which feeds.
+    non_finite_rows: int = 0
+    non_finite_feeds: list[int] = field(default_factory=list)
 
     def fit_hessian(self) -> np.ndarray:
         """``X^T X`` over the rows that are not held out (float64)."""
@@ -82,70 +87,92 @@ class LayerStats:
         return None if self.held_out is None else np.asarray(self.held_out, dtype=np.float64)
 
 
-def _data_value(node: ir.Node, index: int) -> tuple[ir.Value, str | ConvPatches] | None:
-    """The activation feeding the layer that reads a weight at ``index``, and how to read its rows."""
+def _data_value(node: ir.Node, index: int, shape: tuple[int, ...]) -> tuple[ir.Value, str | ConvPatches] | None:
+    """The activation feeding the layer that reads a weight at ``index``, and how to read its rows.
+
+    ``shape`` is the weight's shape as its product sees it (the traced shape: through casts and
+    dequantization it is the stored one).
+    """
     if node.op_type == "MatMul":
         return (node.inputs[0], "last") if index == 1 else (node.inputs[1], "second_last")
     if node.op_type == "Gemm" and index == 1:
         return node.inputs[0], ("first" if node.attributes.get_int("transA", 0) else "last")
     if node.op_type == "Conv" and index == 1:
-        return node.inputs[0], ConvPatches.of(node)
+        return node.inputs[0], ConvPatches.of(node, shape)
     return None
 
 
 @dataclass(frozen=True)
 class ConvPatches:
-    """How a 2-D, ungrouped Conv reads its input: the im2col view SparseGPT needs.
+    """How an ungrouped Conv (1-D, 2-D or 3-D) reads its input: the im2col view SparseGPT needs.
 
-    ``kernel`` is ``None`` for convolutions this view does not cover (other
-    ranks, groups, ``auto_pad``); they get the per-channel statistics only.
+    ``kernel`` is ``None`` for convolutions this view does not cover (grouped ones),
+    which get the per-channel statistics only; ``why`` then says why.
     """
 
-    kernel: tuple[int, int] | None
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
+    kernel: tuple[int, ...] | None
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+    why: str = ""
 
     @classmethod
-    def of(cls, node: ir.Node) -> ConvPatches:
-        weight = node.inputs[1]
-        shape = weight.const_value.shape if weight is not None and weight.const_value is not None else None
-        if shape is None and weight is not None and weight.producer() is not None:
-            attribute = weight.producer().attributes.get("value")
-            shape = attribute.value.shape if attribute is not None else None
-        auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
-        if shape is None or len(shape) != 4 or node.attributes.get_int("group", 1) != 1 or auto_pad != "NOTSET":
-            return cls(None)
+    def of(cls, node: ir.Node, shape: tuple[int, ...]) -> ConvPatches:
+        spatial = len(shape) - 2
+        group = node.attributes.get_int("group", 1)
+        if spatial < 1:
+            return cls(None, why=f"a Conv weight of rank {len(shape)}")
+        if group != 1:
+            return cls(None, why=f"a grouped convolution (group={group}): per-group Hessians are not built")
         return cls(
-            (int(shape[2]), int(shape[3])),
-            tuple(node.attributes.get_ints("strides", [1, 1])),
-            tuple(node.attributes.get_ints("pads", [0, 0, 0, 0])),
-            tuple(node.attributes.get_ints("dilations", [1, 1])),
+            tuple(int(d) for d in shape[2:]),
+            tuple(node.attributes.get_ints("strides", [1] * spatial)),
+            tuple(node.attributes.get_ints("pads", [0] * (2 * spatial))),
+            tuple(node.attributes.get_ints("dilations", [1] * spatial)),
+            node.attributes.get_string("auto_pad", "NOTSET"),
         )
 
-    def rows(self, x: np.ndarray) -> np.ndarray:
-        """``(N * H_out * W_out, kh * kw * C)`` patches, features in (i, j, c) order: channels fastest.
+    def _pads(self, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(before, after) padding per spatial axis, from ``pads`` or ``auto_pad`` (ONNX's rule)."""
+        n = len(self.kernel)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            result = []
+            for size, k, s, d in zip(sizes, self.kernel, self.strides, self.dilations, strict=True):
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                small = total // 2
+                result.append((small, total - small) if self.auto_pad == "SAME_UPPER" else (total - small, small))
+            return result
+        if self.auto_pad == "VALID":
+            return [(0, 0)] * n
+        return [(self.pads[i], self.pads[i + n]) for i in range(n)]
 
-        With that order, 4 consecutive features are 4 consecutive input channels
-        at one kernel position: the groups of 4 TensorRT prunes a Conv weight in.
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """``(N * outputs, prod(kernel) * C)`` patches, features in (kernel position, channel) order.
+
+        With channels fastest, 4 consecutive features are 4 consecutive input
+        channels at one kernel position: the groups of 4 TensorRT prunes a Conv
+        weight in.
         """
-        kh, kw = self.kernel
-        x = np.pad(x, ((0, 0), (0, 0), (self.pads[0], self.pads[2]), (self.pads[1], self.pads[3])))
-        n, c, h, w = x.shape
-        (sh, sw), (dh, dw) = self.strides, self.dilations
-        h_out = (h - dh * (kh - 1) - 1) // sh + 1
-        w_out = (w - dw * (kw - 1) - 1) // sw + 1
-        patches = np.empty((n, h_out, w_out, kh, kw, c), dtype=x.dtype)
-        for i in range(kh):  # one strided slice per kernel position, whole arrays each
-            for j in range(kw):
-                window = x[
-                    :, :, i * dh : i * dh + sh * (h_out - 1) + 1 : sh, j * dw : j * dw + sw * (w_out - 1) + 1 : sw
-                ]
-                patches[:, :, :, i, j, :] = window.transpose(0, 2, 3, 1)
-        return patches.reshape(n * h_out * w_out, kh * kw * c)
+        n, c, *sizes = x.shape
+        x = np.pad(x, ((0, 0), (0, 0), *self._pads(tuple(sizes))))
+        sizes = x.shape[2:]
+        out = [
+            (size - d * (k - 1) - 1) // s + 1
+            for size, k, s, d in zip(sizes, self.kernel, self.strides, self.dilations, strict=True)
+        ]
+        moved = np.moveaxis(x, 1, -1)  # channels last: (N, *spatial, C)
+        patches = np.empty((n, *out, *self.kernel, c), dtype=x.dtype)
+        for position in np.ndindex(*self.kernel):  # one strided slice per kernel position, whole arrays each
+            window = tuple(
+                slice(p * d, p * d + s * (o - 1) + 1, s)
+                for p, d, s, o in zip(position, self.dilations, self.strides, out, strict=True)
+            )
+            patches[(slice(None), *([slice(None)] * len(out)), *position)] = moved[(slice(None), *window)]
+        return patches.reshape(n * int(np.prod(out)), int(np.prod(self.kernel)) * c)
 
     def features(self, channels: int) -> int:
-        return self.kernel[0] * self.kernel[1] * channels if self.kernel else channels
+        return int(np.prod(self.kernel)) * channels if self.kernel else channels
 
 
 def input_rows(array: np.ndarray, layout: str | ConvPatches, dtype=np.float64) -> np.ndarray:
@@ -178,7 +205,7 @@ def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list
         for use in record.uses:
             node = use.ref if use.ref is not None and use.ref.graph is model.graph else None
             reordered = any(op in ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze") for op in use.via)
-            data = None if node is None else _data_value(node, use.input_index)
+            data = None if node is None else _data_value(node, use.input_index, record.shape)
             if data is None or data[0] is None or not data[0].name or (node.op_type == "Conv" and reordered):
                 pairs = []
                 break
@@ -328,7 +355,9 @@ def _capture(
                 run = dict(zip(names, run_feeds(session, [feed], hint=hint)[0], strict=True))
                 held = hold_out and by_feed and index % 4 == 3
                 for item in group:
-                    _accumulate(item, run[item.value.name], hessian, held=held, split_rows=hold_out and not by_feed)
+                    _accumulate(
+                        item, run[item.value.name], hessian, held=held, split_rows=hold_out and not by_feed, feed=index
+                    )
                 del run
             for item in group:
                 if item.stats is not None and item.stats.hessian is not None:
@@ -339,22 +368,41 @@ def _capture(
             model.graph.outputs.remove(value)
 
 
-def _accumulate(item: _Input, activation: np.ndarray, hessian: bool, *, held: bool, split_rows: bool) -> None:
+def _accumulate(
+    item: _Input, activation: np.ndarray, hessian: bool, *, held: bool, split_rows: bool, feed: int = 0
+) -> None:
     rows = input_rows(activation, item.layout, dtype=np.float32)
     features = rows
     if hessian and isinstance(item.layout, ConvPatches) and item.layout.kernel is not None:
         features = item.layout.rows(np.asarray(activation, dtype=np.float32))
+    dropped = 0
+    if not np.isfinite(rows).all():
+        # The model's own activations overflowed on this feed: rows holding NaN or Inf would make every
+        # statistic of the layer NaN, so they are left out (and counted, for a warning naming feed and layer).
+        finite = np.isfinite(rows).all(axis=1)
+        dropped = int((~finite).sum())
+        features = features[np.isfinite(features).all(axis=1)] if features is not rows else rows[finite]
+        rows = rows[finite]
     stats = item.stats
     if stats is None:
         want = hessian and features.shape[1] <= MAX_HESSIAN_K
         k = features.shape[1]
+        why = ""
+        if isinstance(item.layout, ConvPatches) and item.layout.kernel is None:
+            why = item.layout.why
+        elif hessian and not want:
+            why = f"K = {k} is above the {MAX_HESSIAN_K} this tool builds X^T X for"
         stats = item.stats = LayerStats(
             0,
             np.zeros(rows.shape[1]),
             np.zeros((k, k), np.float32) if want else None,
             im2col=features is not rows,
             held_out=np.zeros((k, k), np.float32) if want and (held or split_rows) else None,
+            no_hessian=why,
         )
+    if dropped:
+        stats.non_finite_rows += dropped
+        stats.non_finite_feeds.append(feed)
     stats.rows += rows.shape[0]
     stats.sq_norm += np.einsum("nk,nk->k", rows, rows, dtype=np.float64)
     if stats.hessian is None:
@@ -399,6 +447,9 @@ def _sum(parts: list[LayerStats]) -> LayerStats:
         im2col=first.im2col,
         held_out=None if any(p.held_out is None for p in parts) else sum(np.asarray(p.held_out) for p in parts),
         held_out_rows=sum(p.held_out_rows for p in parts),
+        no_hessian=next((p.no_hessian for p in parts if p.no_hessian), ""),
+        non_finite_rows=sum(p.non_finite_rows for p in parts),
+        non_finite_feeds=sorted({f for p in parts for f in p.non_finite_feeds}),
     )
     return total
 
@@ -426,4 +477,7 @@ def permute_stats(stats: LayerStats, perm: np.ndarray) -> LayerStats:
         im2col=stats.im2col,
         held_out=square(stats.held_out),
         held_out_rows=stats.held_out_rows,
+        no_hessian=stats.no_hessian,
+        non_finite_rows=stats.non_finite_rows,
+        non_finite_feeds=stats.non_finite_feeds,
     )

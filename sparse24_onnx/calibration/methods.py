@@ -188,9 +188,9 @@ def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool |
 class _MatrixView:
     """A weight as the ``(rows, K)`` matrix its layer's Hessian ``X^T X`` is ``(K, K)`` for.
 
-    MatMul/Gemm weights: K is the reduction axis.  2-D Conv weights with im2col
-    statistics: ``[M, C, kh, kw]`` as ``(M, kh * kw * C)``, channels fastest, so
-    that 4 consecutive columns are 4 input channels at one kernel position.
+    MatMul/Gemm weights: K is the reduction axis.  Conv weights (1-D, 2-D, 3-D) with
+    im2col statistics: ``[M, C, k1, ...]`` as ``(M, k1 * ... * C)``, channels fastest,
+    so that 4 consecutive columns are 4 input channels at one kernel position.
     """
 
     def __init__(self, weights: np.ndarray, axis: int, im2col: bool) -> None:
@@ -203,15 +203,16 @@ class _MatrixView:
         """The view that matches ``stats.hessian``, or None when there is none."""
         if stats is None or stats.hessian is None:
             return None
-        if stats.im2col and weights.ndim == 4:
-            return cls(weights, axis, True)
+        if stats.im2col and weights.ndim >= 3 and axis == 1:
+            k = int(np.prod(weights.shape[1:]))
+            return cls(weights, axis, True) if stats.hessian.shape[0] == k else None
         if weights.ndim == 2 and stats.hessian.shape[0] == weights.shape[axis]:
             return cls(weights, axis, False)
         return None
 
     def rows(self, weights: np.ndarray) -> np.ndarray:
         if self.im2col:
-            return weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1)
+            return np.moveaxis(weights, 1, -1).reshape(weights.shape[0], -1)
         return np.moveaxis(weights, self.axis, -1).reshape(-1, weights.shape[self.axis])
 
     def grid(self, grid: QuantGrid | None) -> QuantGrid | None:
@@ -224,8 +225,8 @@ class _MatrixView:
 
     def tensor(self, rows: np.ndarray, dtype) -> np.ndarray:
         if self.im2col:
-            m, c, kh, kw = self.shape
-            array = rows.reshape(m, kh, kw, c).transpose(0, 3, 1, 2)
+            m, c, *kernel = self.shape
+            array = np.moveaxis(rows.reshape(m, *kernel, c), -1, 1)
         else:
             moved = list(self.shape)
             moved.append(moved.pop(self.axis))
@@ -314,9 +315,16 @@ class CalibratedMethod:
     ) -> np.ndarray | str:
         if not np.isfinite(weights).all():
             return "contains NaN or Inf"
-        if stats is None:
+        if stats is None or stats.rows == 0:
+            why = (
+                "no calibration activations reach this layer"
+                if stats is None
+                else "every calibration row of this layer's input held NaN or Inf"
+            )
             record.calibration = {
-                "method": "magnitude (no calibration activations reach this layer)",
+                "method": f"magnitude ({why})",
+                "solver": "magnitude",
+                "fallback": why,
                 "samples": 0,
                 "layer_output_error": None,
             }
@@ -324,13 +332,16 @@ class CalibratedMethod:
         view = _MatrixView.of(weights, record.axis, stats)
         if view is None:
             importance = wanda_importance(weights, stats.sq_norm, record.axis)
-            label = "wanda" if self.name == "wanda" else f"wanda (no Hessian for {self.name} on this layer)"
-            record.calibration = {"method": label, "samples": stats.rows, "layer_output_error": None}
+            why = f"no Hessian for {self.name} on this layer ({stats.no_hessian or 'its shape does not match'})"
+            note = {"method": "wanda", "solver": "wanda", "samples": stats.rows, "layer_output_error": None}
+            if self.name != "wanda":
+                note.update(method=f"wanda ({why})", fallback=why)
+            record.calibration = note
             return prune_24_dense(weights, record.axis, importance, out=out)
         w = view.rows(weights).astype(np.float64)
         grid = view.grid(record.grid)
         k = w.shape[1]
-        note: dict[str, object] = {"samples": stats.rows}
+        note: dict[str, object] = {"samples": stats.rows, "k": k}
         if stats.rows < k:
             note["warning"] = (
                 f"{stats.rows} calibration rows for K = {k} inputs: X^T X is rank-deficient, so the fit can "

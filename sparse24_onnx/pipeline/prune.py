@@ -36,6 +36,7 @@ from ..calibration.methods import (
     SequentialMethod,
     load_gradients,
 )
+from ..calibration.summary import summarize
 from ..errors import BadInput, ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
@@ -165,6 +166,11 @@ class _PruneRun:
                 log.warning("%s", line)
             candidates = sum(r.status == Status.CANDIDATE for r in records)
             log.info("found %d weights: %d to prune, %d skipped", len(records), candidates, len(records) - candidates)
+            if calibration is not None:
+                if self.options.method_chosen:
+                    log.info("calibration data without a method: using %s (the recommended one)", self.options.method)
+                for line in calibration.summary():
+                    log.info("calibration %s", line)
             validation = self.reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
             method = self.calibrate(model, calibration, stack) or method
@@ -174,6 +180,7 @@ class _PruneRun:
                 budget, method = self.fit_budget(model, method, validation)
             self.prune(model, method, staged, stack, external)
             records = weight_records(model)
+            self.summarize_calibration(records, method, calibration)
             log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
             staged.save(model)
             comparisons, entry = self.validate(staged.path, records, validation)
@@ -200,6 +207,31 @@ class _PruneRun:
         return result
 
     # ------------------------------------------------------------------ steps
+
+    def summarize_calibration(self, records: list[WeightRecord], method: PruneMethod, calibration) -> None:
+        """Say on stderr and in the report which layers got the requested method, and why the others did not."""
+        if calibration is None:
+            self.calibration_entry = None
+            return
+        stats = getattr(method, "stats", None) or getattr(getattr(method, "inner", None), "stats", None)
+        summary = summarize(records, self.options.method, len(calibration), stats)
+        head, *rest = summary.lines()
+        if summary.got < summary.layers:
+            self.warnings.append(head)
+            log.warning("%s", head)
+        else:
+            log.info("%s", head)
+        for line in rest:
+            self.warnings.append(line)
+            log.warning("%s", line)
+        self.calibration_entry = {
+            "source": calibration.source,
+            "feeds": len(calibration),
+            "inputs": calibration.inputs,
+            "method": self.options.method,
+            "method_chosen": self.options.method_chosen,
+            "summary": summary.as_dict(),
+        }
 
     def find(self, model: ir.Model) -> list[WeightRecord]:
         """Record every weight and whether it will be pruned (FindWeights)."""
@@ -471,6 +503,7 @@ class _PruneRun:
             "warnings": self.warnings,
             "tensors": [tensor_entry(r) for r in records],
             "validation": validation,
+            "calibration": getattr(self, "calibration_entry", None),
             "auto_exclude": None
             if budget is None
             else {
