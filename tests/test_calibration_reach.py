@@ -1,0 +1,167 @@
+"""The calibrated method reaches every layer it can: Convs behind casts and dequantization, 1-D and 3-D
+convolutions; what it cannot reach is counted and said; overflowing activations never crash it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models.cnn_models import cast_fp16_cnn, conv_nd, small_cnn
+from sparse24_onnx import prune_model
+from sparse24_onnx.calibration.capture import ConvPatches
+from tests.helpers import run_module
+
+F = TensorProto.FLOAT
+
+
+@pytest.mark.parametrize(
+    ("weight_shape", "attributes", "input_shape"),
+    [
+        ((8, 4, 3), {"strides": [2], "pads": [1, 2], "dilations": [1]}, (2, 4, 11)),
+        ((8, 4, 3, 2), {"strides": [1, 2], "pads": [1, 0, 1, 1], "dilations": [2, 1]}, (2, 4, 9, 8)),
+        ((8, 4, 3, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 1, 1]}, (1, 4, 5, 6, 4)),
+        ((8, 4, 2, 3), {"auto_pad": "SAME_LOWER"}, (1, 4, 5, 6)),
+        ((8, 4, 3, 3), {"auto_pad": "VALID"}, (1, 4, 5, 6)),
+    ],
+)
+def test_im2col_rows_times_the_weight_is_onnxruntimes_convolution(weight_shape, attributes, input_shape):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(weight_shape).astype(np.float32)
+    x = rng.standard_normal(input_shape).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attributes)
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", F, list(input_shape))],
+        [helper.make_tensor_value_info("y", F, None)], [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    import onnx_ir as ir
+
+    conv = ir.from_proto(model).graph.node(0)
+    patches = ConvPatches.of(conv, weight_shape).rows(x)
+    rows = np.moveaxis(w, 1, -1).reshape(weight_shape[0], -1)  # the methods' (M, kernel..., C) view
+    got = (patches @ rows.T).reshape(x.shape[0], *expected.shape[2:], weight_shape[0])
+    np.testing.assert_allclose(np.moveaxis(got, -1, 1), expected, rtol=1e-4, atol=1e-4)
+
+
+def _feeds(model: onnx.ModelProto, count: int = 12) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(3)
+    sizes = {"a": (2, 16, 40), "b": (2, 16, 6, 6, 6), "x": (2, 16, 12, 12)}
+    names = [i.name for i in model.graph.input]
+    return [{n: rng.standard_normal(sizes[n]).astype(np.float32) for n in names} for _ in range(count)]
+
+
+def _qdq(model: onnx.ModelProto, folder) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(_feeds(model, 4))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    source, target = folder / "float.onnx", folder / "qdq.onnx"
+    onnx.save(model, source)
+    quantize_static(
+        str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        weight_type=QuantType.QInt8, activation_type=QuantType.QInt8,
+    )  # fmt: skip
+    return onnx.load(target)
+
+
+@pytest.mark.parametrize("form", ["float", "cast_fp16", "qdq_int8", "conv_nd"])
+def test_sparsegpt_runs_on_every_convolution(tmp_path, form):
+    if form == "qdq_int8":
+        model = _qdq(small_cnn(), tmp_path)
+    else:
+        model = {"float": small_cnn, "cast_fp16": cast_fp16_cnn, "conv_nd": conv_nd}[form]()
+    feeds = _feeds(model)
+    result = prune_model(
+        model, tmp_path / "out.onnx", method="sparsegpt", tune=False, calibration=feeds, tc_shapes="off",
+        validate=False,
+    )  # fmt: skip
+    pruned = [r for r in result.records if r.status == "pruned"]
+    assert pruned
+    for record in pruned:
+        assert record.calibration["solver"] == "sparsegpt", (record.name, record.calibration["method"])
+        assert "im2col" in record.calibration["method"]
+    summary = result.report["calibration"]["summary"]
+    assert summary["got"] == summary["layers"] == len(pruned)
+
+
+def test_a_layer_without_activations_is_counted_and_said(tmp_path):
+    # The second weight sits inside an If branch: no calibration activation reaches it.
+    rng = np.random.default_rng(0)
+    w_then = numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w_then")
+    branch = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w_then"], ["z"], name="/then/MatMul")], "then", [],
+        [helper.make_tensor_value_info("z", F, ["n", 32])], [w_then],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h2"], ["z2"])], "else", [], [helper.make_tensor_value_info("z2", F, ["n", 32])]
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="/fc/MatMul"),
+        helper.make_node("Slice", ["h", "s", "e"], ["h2"]),
+        helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other),
+    ]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([0], np.int64), "s"),
+        numpy_helper.from_array(np.array([32], np.int64), "e"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", F, ["n", 64]),
+        helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+    ]
+    graph = helper.make_graph(nodes, "m", inputs, [helper.make_tensor_value_info("y", F, ["n", None])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    for i in range(8):
+        np.savez(folder / f"{i}.npz", x=rng.standard_normal((8, 64)).astype(np.float32), flag=np.array(True))
+    result = run_module("optimize", path, tmp_path / "out.onnx", "--calibration", folder, "--no-validate", "--no-tune")
+    assert result.returncode == 0, result.stderr
+    assert "sparsegpt ran on 1 of 2 calibrated layers; 1 got magnitude: no calibration activations" in result.stderr
+
+
+def test_overflowing_activations_are_left_out_and_said_not_a_crash(tmp_path):
+    # x -> MatMul -> Exp -> MatMul: large inputs overflow the Exp to inf, which reaches the second layer.
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="/fc1/MatMul"),
+        helper.make_node("Exp", ["h"], ["e"]),
+        helper.make_node("MatMul", ["e", "w2"], ["y"], name="/fc2/MatMul"),
+    ]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w1"),
+        numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", F, ["n", 64])],
+        [helper.make_tensor_value_info("y", F, ["n", 32])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for method in ("wanda", "sparsegpt", "admm"):
+        feeds = [{"x": rng.standard_normal((16, 64)).astype(np.float32) * (1 if i % 3 else 400)} for i in range(9)]
+        result = prune_model(path, tmp_path / f"{method}.onnx", method=method, calibration=feeds, validate=False)
+        assert result.report["summary"]["pruned"] == 2
+        non_finite = result.report["calibration"]["summary"]["non_finite"]
+        assert non_finite
+        assert non_finite[0]["feeds"] == [0, 3, 6]
+        assert any("held NaN or Inf" in w for w in result.report["warnings"])
+    # Every row overflowing: the layer falls back to magnitude, with the reason.
+    feeds = [{"x": np.full((4, 64), 400, np.float32)} for _ in range(4)]
+    result = prune_model(path, tmp_path / "all.onnx", method="sparsegpt", calibration=feeds, validate=False)
+    notes = {r.name: r.calibration for r in result.records}
+    assert "held NaN or Inf" in notes["w2"]["fallback"]
