@@ -106,7 +106,7 @@ def test_what_was_fed_is_in_the_report(models_dir, tmp_path):
     assert entry["shapes"] == [[1, 8]]
     assert entry["values"] == "integers in [0, 100)"  # token ids: the embedding table's rows
     assert entry["assumed"] == {"batch": "1: not set by --shape"}
-    assert any("dimension batch was not set and defaulted to 1" in w for w in validation["warnings"])
+    assert any("not set and defaulted to 1: batch;" in w for w in validation["warnings"])
     assert validation["provider"] == "CPUExecutionProvider"
 
 

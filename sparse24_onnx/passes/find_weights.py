@@ -54,6 +54,7 @@ class FindWeights(InPlacePass):
         if tc_shapes not in TC_SHAPES:
             raise BadInput(f"--tc-shapes {tc_shapes!r}: choose one of {', '.join(TC_SHAPES)}")
         self.tc_shapes = tc_shapes
+        self.matched: set[str] = set()
         self.exclude = []
         for pattern in exclude:
             try:
@@ -114,12 +115,11 @@ class FindWeights(InPlacePass):
         if trace.dequantized:
             record.quantization = trace.dequantized[0]
         reason = self._reason(record, trace, tensor, value, stored_dtype, forms)
+        pattern = self._excluded_by(record)
         if reason:
             record.skip(reason)
-        else:
-            pattern = self._excluded_by(record)
-            if pattern is not None:
-                record.skip(f"excluded by --exclude '{pattern}'", deliberate=True)
+        elif pattern is not None:
+            record.skip(f"excluded by --exclude '{pattern}'", deliberate=True)
         return record
 
     def _reason(self, record: WeightRecord, trace, tensor, value, stored_dtype, forms) -> str:
@@ -173,7 +173,14 @@ class FindWeights(InPlacePass):
 
     def _excluded_by(self, record: WeightRecord) -> str | None:
         names = [record.name] + [use.node for use in record.uses]
+        found = None
         for pattern, regex in self.exclude:
             if any(regex.search(name) for name in names):
-                return pattern
-        return None
+                self.matched.add(pattern)
+                found = found or pattern
+        return found
+
+    @property
+    def unmatched(self) -> list[str]:
+        """``exclude`` patterns that matched no weight, nor a node using one (after :meth:`call`)."""
+        return [pattern for pattern, _ in self.exclude if pattern not in self.matched]

@@ -25,7 +25,7 @@ from ..passes import FindWeights
 from ..passes.find_weights import TC_SHAPES
 from ..passes.weights import Status, WeightRecord, data_problem
 from ..report import check_report_path, format_table, tensor_entry, write_json
-from .loading import input_path, load_input
+from .loading import input_path, load_input, refuse_unmatched
 
 __all__ = ["CheckResult", "check_model"]
 
@@ -105,7 +105,9 @@ def check_model(
         rule = tc_shapes or provenance.get("tc_shapes") or "strict"
         if rule not in TC_SHAPES:
             rule = "strict"
-        records = FindWeights(exclude, rule)(loaded).weights
+        finder = FindWeights(exclude, rule)
+        records = finder(loaded).weights
+        refuse_unmatched(finder, records, "--exclude")
         intended = {} if strict else provenance.get("dense", {})
         check_records(records, intended if isinstance(intended, dict) else {})
         records += compressed_records(loaded)

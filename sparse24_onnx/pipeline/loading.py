@@ -14,7 +14,7 @@ from ..errors import BadInput
 from ..modelio.load import load_model
 from ..validation.sessions import onnxruntime_loads
 
-__all__ = ["input_path", "load_input"]
+__all__ = ["input_path", "load_input", "refuse_unmatched"]
 
 
 def load_input(path: Path, warnings: list[str]) -> ir.Model:
@@ -58,3 +58,15 @@ def input_path(model: str | os.PathLike | object) -> Iterator[tuple[Path, str]]:
         except (ValueError, OSError) as error:
             raise BadInput(f"model: cannot serialise the ModelProto ({error})") from None
         yield path, "<onnx.ModelProto>"
+
+
+def refuse_unmatched(finder, records, option: str) -> None:
+    """An ``exclude`` pattern that matches no weight (nor a node using one) is a typo: refuse it, naming some."""
+    if not finder.unmatched:
+        return
+    names = [r.name for r in records][:6]
+    shown = ", ".join(names) + (" ..." if len(records) > 6 else "") if names else "the model has none"
+    raise BadInput(
+        f"{option} {finder.unmatched[0]!r} matches no weight and no node using one (weights: {shown}); "
+        "check the pattern"
+    )

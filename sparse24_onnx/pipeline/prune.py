@@ -47,7 +47,7 @@ from ..validation.budget import Budget, fit_budget, output_error
 from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
 from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
 from ..validation.sessions import open_model_session, open_session, run_feeds, session_provider
-from .loading import input_path, load_input
+from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
 
 __all__ = ["PruneResult", "prune_model"]
@@ -235,7 +235,9 @@ class _PruneRun:
 
     def find(self, model: ir.Model) -> list[WeightRecord]:
         """Record every weight and whether it will be pruned (FindWeights)."""
-        records = FindWeights(self.options.exclude, self.options.tc_shapes)(model).weights
+        finder = FindWeights(self.options.exclude, self.options.tc_shapes)
+        records = finder(model).weights
+        refuse_unmatched(finder, records, self.options.spell("exclude"))
         asymmetric = [
             r.name
             for r in records
@@ -304,6 +306,8 @@ class _PruneRun:
             return None
         for line in feeds.summary():
             log.info("%s", line)
+        for line in feeds.warnings:  # before the run: what was assumed is known now
+            log.warning("%s", line)
         log.info("running the original model in onnxruntime on %d feed(s)", len(feeds))
         reference = run_feeds(session, feeds.feeds, hint=feeds.hint)
         names = [o.name for o in session.get_outputs()]
@@ -475,7 +479,7 @@ class _PruneRun:
             "outputs": [c.as_dict() for c in comparisons],
             "not_compared": empty,
         }
-        for line in warnings:
+        for line in warnings[len(validation.feeds.warnings) :]:  # the feeds' own were said before the run
             log.warning("%s", line)
         return comparisons, entry
 

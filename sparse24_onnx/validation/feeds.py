@@ -75,6 +75,8 @@ _NARROW_FLOATS = frozenset(
 )
 #: Length given to sequence-like dynamic dimensions that ``--shape`` does not set.
 SEQUENCE_LENGTH = 16
+#: Height and width given to the dynamic spatial dimensions of image-like inputs.
+IMAGE_SIZE = 224
 #: Generated feeds larger than this in all are refused (the estimate is given).
 MAX_GENERATED_BYTES = 4 << 30
 
@@ -209,25 +211,43 @@ def parse_int_ranges(items: list[str]) -> tuple[tuple[int, int] | None, dict[str
     return default, per_input
 
 
+#: Ops that pass integer ids through unchanged on their way to a lookup.
+_ID_PASSING = frozenset({"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"})
+
+
+def _lookup_sizes(value: ir.Value, depth: int = 0) -> list[int] | None:
+    """Sizes of the constant tables ``value``'s ids index (``Gather``), followed through ops that pass ids
+    on unchanged; None when some use is anything else.  Uses that read only the shape and graph outputs do
+    not count (an export that also returns its ``input_ids`` still takes ids below the table size)."""
+    sizes: list[int] = []
+    for node, index in value.uses():
+        if node.op_type in ("Shape", "Size"):
+            continue
+        if node.op_type in _ID_PASSING and index == 0 and depth < 8:
+            found = _lookup_sizes(node.outputs[0], depth + 1)
+            if found is None:
+                return None
+            sizes += found
+            continue
+        table = node.inputs[0] if node.inputs else None
+        if node.op_type != "Gather" or index != 1 or table is None or table.const_value is None:
+            return None
+        axis = node.attributes.get_int("axis", 0)
+        sizes.append(int(table.const_value.shape[axis]))
+    return sizes
+
+
 def infer_int_ranges(model: ir.Model) -> dict[str, tuple[int, int]]:
     """``[0, rows)`` for integer graph inputs used only as ``Gather`` indices into constant tables.
 
-    Uses that read only the input's shape (``Shape``, ``Size``) do not count.
+    Uses that read only the input's shape (``Shape``, ``Size``) do not count, and ids are followed
+    through ``Identity``, ``Cast`` and reshaping ops.
     """
     ranges = {}
     for value in model.graph.inputs:
         if value.dtype is None or not value.dtype.is_integer():
             continue
-        sizes = []
-        for node, index in value.uses():
-            if node.op_type in ("Shape", "Size"):
-                continue  # reads only the shape (a sequence length, say)
-            table = node.inputs[0] if node.inputs else None
-            if node.op_type != "Gather" or index != 1 or table is None or table.const_value is None:
-                sizes = []
-                break
-            axis = node.attributes.get_int("axis", 0)
-            sizes.append(int(table.const_value.shape[axis]))
+        sizes = _lookup_sizes(value)
         if sizes:
             ranges[value.name] = (0, min(sizes))
     return ranges
@@ -264,10 +284,14 @@ def _resolve_dims(
             raise BadInput(f"--shape {spec.name}={'x'.join(map(str, wanted))}: the model declares {_show(spec.dims)}")
         return wanted
     dims = []
+    spatial = _image_axes(spec)
     for axis, d in enumerate(spec.dims):
         label = d if isinstance(d, str) else f"axis {axis}"
         if isinstance(d, int):
             dims.append(d)
+        elif axis in spatial and not (isinstance(d, str) and d in shapes):
+            dims.append(IMAGE_SIZE)
+            assumed[label] = f"{IMAGE_SIZE}: an image's height or width (a CNN's usual input size)"
         elif isinstance(d, str) and d in shapes:
             if len(shapes[d]) != 1:
                 raise BadInput(f"--shape {d}=...: {d} is a single dimension, give one number")
@@ -284,11 +308,24 @@ def _resolve_dims(
     return tuple(dims)
 
 
+def _image_axes(spec: InputSpec) -> tuple[int, ...]:
+    """The dynamic height and width axes of an image-like input (rank 4, 1/3/4 channels, NCHW or NHWC)."""
+    dims = spec.dims
+    if len(dims) != 4 or spec.dtype is None or spec.dtype.kind not in "fu":
+        return ()
+    for channel, spatial in ((1, (2, 3)), (3, (1, 2))):
+        if dims[channel] in (1, 3, 4) and all(not isinstance(dims[a], int) for a in spatial):
+            return spatial
+    return ()
+
+
 def _value_rule(spec: InputSpec, int_ranges: dict[str, tuple[int, int]], default: tuple[int, int] | None):
     """How values of ``spec`` are drawn: ``(description, kind, bounds)``."""
     dtype = spec.dtype
     if dtype.kind == "f":
         return "standard normal", "normal", None
+    if dtype == np.uint8 and len(spec.dims) == 4 and spec.name not in int_ranges and default is None:
+        return "integers in [0, 256) (8-bit image values)", "integers", (0, 256)
     masked = "mask" in spec.name.lower()
     if dtype.kind == "b":
         return ("all true (a mask)", "ones", None) if masked else ("fair coin flips", "coin", None)
@@ -372,7 +409,7 @@ def generate_feeds(
         hint="set dynamic sizes with --shape NAME=N and integer ranges with --int-range, or pass real inputs "
         "with --inputs",
     )
-    warned: set[str] = set()
+    defaulted: dict[str, list[str]] = {}
     for spec, dims, assumed, (values, _, _) in plans:
         entry: dict[str, object] = {
             "name": spec.name,
@@ -384,16 +421,15 @@ def generate_feeds(
             entry["assumed"] = assumed
         described.inputs.append(entry)
         for label, why in assumed.items():
-            if why.startswith("1:") and (label.startswith("axis") or label not in warned):
-                warned.add(label)
-                described.warnings.append(
-                    f"input {spec.name!r}: dynamic dimension {label} was not set and defaulted to 1"
-                    + (
-                        f" (set it with --shape {label}=N)"
-                        if not label.startswith("axis")
-                        else f" (set the whole input with --shape {spec.name}=...)"
-                    )
-                )
+            if why.startswith("1:"):
+                key = f"{label} of {spec.name!r}" if label.startswith("axis") else label
+                defaulted.setdefault(key, []).append(spec.name)
+    if defaulted:
+        shown = ", ".join(defaulted)
+        described.warnings.append(
+            f"dynamic dimension(s) not set and defaulted to 1: {shown}; set them with --shape NAME=N "
+            "(a named dimension) or --shape INPUT=1x2x... (a whole input)"
+        )
     return described
 
 
@@ -567,6 +603,12 @@ def _check_feed(arrays: Mapping[str, object], specs: list[InputSpec], where: str
                         "inputs that share a named dimension must agree"
                     )
         feed[spec.name] = array
+    unknown = sorted(set(arrays) - {spec.name for spec in specs})
+    if unknown:
+        raise BadInput(
+            f"{where}: {', '.join(repr(k) for k in unknown[:5])} {'is' if len(unknown) == 1 else 'are'} no input of "
+            f"the model (its inputs: {', '.join(spec.name for spec in specs)}); drop or rename the key"
+        )
     return feed, filled
 
 
