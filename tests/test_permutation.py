@@ -115,3 +115,46 @@ def test_permute_from_the_command_line(models_dir, tmp_path):
         assert b[name]["permutation"]["retained_after"] > b[name]["permutation"]["retained_before"]
         # What pruning kept rose accordingly.
         assert b[name]["kept_magnitude_mean"] > a[name]["kept_magnitude_mean"]
+
+
+def test_without_calibration_the_validation_feeds_guard_the_order(models_dir, tmp_path):
+    from sparse24_onnx import prune_model
+
+    result = prune_model(models_dir / "cnn_bn.onnx", tmp_path / "q.onnx", permute=True, num_feeds=2)
+    guarded = [r.permutation for r in result.records if r.permutation and "model_error" in r.permutation]
+    assert guarded
+    for info in guarded:
+        assert info["guard"] == "validation feeds"
+        errors = info["model_error"]
+        assert info.get("kept", True) == (errors["permuted"] < errors["original"])
+    # No data at all: said, not silently trusted.
+    bare = prune_model(models_dir / "cnn_bn.onnx", tmp_path / "r.onnx", permute=True, validate=False)
+    assert any("no calibration or validation data" in w for w in bare.report["warnings"])
+
+
+def test_the_time_cap_bounds_the_checks_too(models_dir):
+    # A clock that advances 1 s per look: the checks after the search run out of time, so what was not
+    # checked is put back (per layer) or the guard is abandoned, and a warning says so.
+    from sparse24_onnx.calibration.capture import collect_stats
+    from sparse24_onnx.calibration.methods import CalibratedMethod
+    from sparse24_onnx.pipeline import channel_order
+
+    model = load_model(models_dir / "cnn_bn.onnx")
+    records = FindWeights(tc_shapes="off")(model).weights
+    session = ort.InferenceSession(str(models_dir / "cnn_bn.onnx"), providers=["CPUExecutionProvider"])
+    feeds = [_feed(session) for _ in range(8)]
+    stats = collect_stats(model, [r for r in records if r.status == "candidate"], feeds, hold_out=True)
+    method = CalibratedMethod("sparsegpt", stats)
+    ticks = iter(range(10**6))
+    warnings: list[str] = []
+    guard = channel_order.Guard(feeds[:2], None, None, "held-out calibration feeds")
+    before = {v.name: v.const_value.numpy().copy() for v in model.graph.initializers.values()}
+    chosen = channel_order.choose_channel_order(model, method, 2.5, guard, warnings, clock=lambda: float(next(ticks)))
+    assert chosen is method  # nothing precomputed: the guard did not complete
+    assert any("time cap" in w for w in warnings)
+    notes = [r.permutation for r in weight_records(model) if r.permutation and r.permutation.get("kept") is False]
+    for note in notes:
+        assert "time cap" in note["note"] or "not lower" in note["note"]
+    for record in weight_records(model):  # what was put back is back exactly
+        if record.permutation and record.permutation.get("kept") is False:
+            np.testing.assert_array_equal(record.source.tensor.numpy(), before[record.name])

@@ -293,3 +293,61 @@ def test_report_describes_the_files_as_committed(tmp_path):
     document = json.loads(report.read_text())
     assert document["output"] == str(tmp_path / "o.onnx")
     assert document["summary"]["output_bytes"] == (tmp_path / "o.onnx").stat().st_size
+
+
+def test_a_slow_layer_gets_heartbeats_and_its_time(caplog):
+    import logging
+    import threading
+
+    from sparse24_onnx.passes.weights import WeightRecord
+    from sparse24_onnx.pipeline import progress as progress_module
+
+    record = WeightRecord(name="big.weight", source=None, graph="", shape=(8, 8), dtype="FLOAT")
+    progress = progress_module.LayerProgress(heartbeat=0.01)
+    release = threading.Event()
+    with caplog.at_level(logging.INFO, logger="sparse24_onnx"):
+        progress(0, 1, record)
+        while sum("still pruning big.weight" in r.getMessage() for r in caplog.records) < 2:
+            release.wait(0.01)
+        progress.finish()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "pruning 1/1: big.weight (8x8)"
+    assert sum("still pruning big.weight" in m for m in messages) >= 2
+
+
+def test_exclude_matching_nothing_and_unknown_feed_keys_are_refused(tmp_path):
+    model = mlp(tmp_path / "m.onnx")
+    typo = run_module("optimize", model, tmp_path / "o.onnx", "--exclude", "lm_haed")
+    assert typo.returncode == 2
+    assert "--exclude 'lm_haed' matches no weight" in typo.stderr
+    np.savez(tmp_path / "extra.npz", x=np.ones((2, 64), np.float32), labels=np.zeros(2))
+    extra = run_module("optimize", model, tmp_path / "o.onnx", "--inputs", tmp_path / "extra.npz")
+    assert extra.returncode == 2
+    assert "'labels' is no input of the model" in extra.stderr
+
+
+def test_generated_feeds_follow_ids_through_identity_and_size_images(tmp_path):
+    table = numpy_helper.from_array(np.zeros((50, 64), np.float32), "table")
+    nodes = [
+        helper.make_node("Identity", ["input_ids"], ["ids_out"]),  # the export also returns its ids
+        helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
+        helper.make_node("Gather", ["table", "ids32"], ["emb"]),
+        helper.make_node("MatMul", ["emb", "w"], ["y"], name="/fc/MatMul"),
+        helper.make_node("Cast", ["image"], ["image_f"], to=F),
+        helper.make_node("ReduceMean", ["image_f"], ["brightness"], keepdims=0),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, "height", "width"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", F, ["batch", "sequence", 32]),
+        helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info("brightness", F, []),
+    ]
+    model = _save(tmp_path / "m.onnx", nodes, inputs, outputs, [table, _w("w")])
+    result = prune_model(model, tmp_path / "o.onnx")
+    fed = {entry["name"]: entry for entry in result.report["validation"]["inputs"]}
+    assert fed["input_ids"]["values"] == "integers in [0, 50)"
+    assert fed["image"]["shapes"] == [[1, 3, 224, 224]]
+    assert fed["image"]["values"] == "integers in [0, 256) (8-bit image values)"

@@ -429,11 +429,13 @@ class Precomputed:
 
     blockwise = False
 
-    def __init__(self, inner: PruneMethod, results: dict[str, np.ndarray]) -> None:
+    def __init__(self, inner: PruneMethod, results: dict[str, np.ndarray], seconds: float = 0.0) -> None:
         self.inner = inner
         self.name = inner.name
         self.values_kept = inner.values_kept
         self.results = results
+        #: Time spent computing ``results`` (said with the pruning time, which it belongs to).
+        self.seconds = seconds
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
         if record.name not in self.results:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .. import __version__
-from ..calibration.capture import collect_stats, permute_stats
+from ..calibration.capture import collect_stats
 from ..calibration.methods import (
     CalibratedMethod,
     GradientMethod,
@@ -40,15 +40,17 @@ from ..calibration.summary import summarize
 from ..errors import BadInput, ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
-from ..passes import CompressWeights, FindWeights, PermuteChannels, Pipeline, PruneWeights, RecordProvenance
+from ..passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
 from ..passes.weights import Status, WeightRecord, weight_records
 from ..report import StagedReport, check_report_path, format_table, tensor_entry
-from ..validation.budget import Budget, fit_budget, output_error
+from ..validation.budget import Budget, fit_budget
 from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
 from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
-from ..validation.sessions import open_model_session, open_session, run_feeds, session_provider
+from ..validation.sessions import open_session, run_feeds, session_provider
+from .channel_order import Guard, choose_channel_order
 from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
+from .progress import LayerProgress
 
 __all__ = ["PruneResult", "prune_model"]
 
@@ -174,7 +176,7 @@ class _PruneRun:
             validation = self.reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
             method = self.calibrate(model, calibration, stack) or method
-            method = self.permute(model, method, calibration)
+            method = self.permute(model, method, calibration, validation)
             budget = None
             if self.options.auto_exclude:
                 budget, method = self.fit_budget(model, method, validation)
@@ -344,47 +346,33 @@ class _PruneRun:
         log.info("captured in %.1f s", time.monotonic() - started)
         return CalibratedMethod(options.method, stats, damp=options.damp, refit=options.refit, tune=options.tune)
 
-    def permute(self, model: ir.Model, method: PruneMethod, calibration: FeedSet | None) -> PruneMethod:
-        """Reorder channels (``--permute``); with calibration, scored by it and kept only where it helps.
-
-        A layer whose calibrated error is not lower for its permutation is put back
-        at once; then the whole model is pruned in both orders and the one whose
-        outputs move less on the held-out calibration feeds is kept (the method
-        then reuses those results).
-        """
+    def permute(
+        self, model: ir.Model, method: PruneMethod, calibration: FeedSet | None, validation: _Validation | None
+    ) -> PruneMethod:
+        """Reorder channels (``--permute``), kept only where the data says it helps: :mod:`.channel_order`."""
         if not self.options.permute:
             return method
-        stats = method.stats if isinstance(method, CalibratedMethod) else None
-        log.info("searching channel permutations (at most %g s)", self.options.cap_seconds)
-        permute = PermuteChannels(
-            seconds=self.options.cap_seconds,
-            importance=_calibrated_importance(stats) if stats is not None else None,
-            permuted=_stats_follow(stats) if stats is not None else None,
-        )
-        changed = permute(model).weights
-        if stats is None:
-            log.info("permuted the channels before %d weights", len(changed))
-            return method
-        undone = sum(_keep_if_better(method, permute, record) for record in changed)
-        log.info("permuted the channels before %d weights (%d put back)", len(changed) - undone, undone)
-        if len(changed) == undone or calibration is None:
-            return method
-        if needs_external_data(model):
-            self.warnings.append(
-                "--permute: the model is too large to prune in both channel orders in memory, so only each "
-                "layer's calibrated error decided"
-            )
-            return method
-        return _better_order(model, method, permute, calibration)
+        guard = None
+        if calibration is not None:
+            guard = Guard.held_out(calibration)
+        elif validation is not None:
+            guard = Guard(validation.feeds.feeds, validation.reference, validation.output_names, "validation feeds")
+        return choose_channel_order(model, method, self.options.cap_seconds, guard, self.warnings)
 
     def fit_budget(self, model: ir.Model, method: PruneMethod, validation: _Validation) -> tuple[Budget, PruneMethod]:
         """Measure each candidate's sensitivity and leave the fewest most sensitive ones dense."""
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         results = {}
-        for record in candidates:
-            pruned = method.prune(record, record.real(record.source.tensor.numpy()))
-            if not isinstance(pruned, str):
-                results[record.name] = pruned
+        started = time.monotonic()
+        progress = LayerProgress("pruning for the sensitivity search")
+        try:
+            for done, record in enumerate(candidates):
+                progress(done, len(candidates), record)
+                pruned = method.prune(record, record.real(record.source.tensor.numpy()))
+                if not isinstance(pruned, str):
+                    results[record.name] = pruned
+        finally:
+            progress.finish()
         candidates = [r for r in candidates if r.name in results]
         log.info("measuring the sensitivity of %d layers", len(candidates))
         budget = fit_budget(
@@ -406,7 +394,7 @@ class _PruneRun:
                     f"(most sensitive {rank[record.name]} of {len(candidates)})",
                     deliberate=True,
                 )
-        return budget, Precomputed(method, results)
+        return budget, Precomputed(method, results, seconds=time.monotonic() - started)
 
     def prune(self, model: ir.Model, method: PruneMethod, staged: StagedOutput, stack: ExitStack, external: bool):
         """Prune, store (compressed if asked) and record provenance: the rewriting passes."""
@@ -421,12 +409,22 @@ class _PruneRun:
         todo = sum(r.status == Status.CANDIDATE for r in weight_records(model))
         log.info("pruning %d weights (%s)", todo, method.name)
         started = time.monotonic()
-        rewrite = [PruneWeights(method, progress=_WeightProgress(), sink=prune_sink)]
+        progress = LayerProgress()
+        rewrite = [PruneWeights(method, progress=progress, sink=prune_sink)]
         if compressed:
             rewrite.append(CompressWeights(sink=staged))
-        Pipeline(*rewrite, RecordProvenance(method.name, options.format, options.tc_shapes))(model)
+        try:
+            Pipeline(*rewrite, RecordProvenance(method.name, options.format, options.tc_shapes))(model)
+        finally:
+            progress.finish()
         pruned = sum(r.status == Status.PRUNED for r in weight_records(model))
-        log.info("pruned %d weights in %.1f s", pruned, time.monotonic() - started)
+        earlier = getattr(method, "seconds", 0.0)
+        log.info(
+            "pruned %d weights in %.1f s%s",
+            pruned,
+            time.monotonic() - started + earlier,
+            f" ({earlier:.1f} s of it earlier, for the checks that reuse the results)" if earlier >= 0.1 else "",
+        )
 
     def validate(
         self, path: Path, records: list[WeightRecord], validation: _Validation | None
@@ -519,20 +517,6 @@ class _PruneRun:
             },
             "exit_code": int(ExitCode.FAILED_CHECK if validation and validation["passed"] is False else ExitCode.OK),
         }
-
-
-class _WeightProgress:
-    """Per-weight progress lines, at most one a second (and the first)."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int, record: WeightRecord) -> None:
-        now = time.monotonic()
-        if now - self.last >= 1.0 or done == 0:
-            self.last = now
-            shape = "x".join(map(str, record.shape))
-            log.info("pruning %d/%d: %s (%s)", done + 1, total, record.name, shape)
 
 
 def _witnessed_nothing(
@@ -681,99 +665,6 @@ def _calibration_budget(gib: float | None) -> int:
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
     return max(256 << 20, total // 4)
-
-
-def _calibrated_importance(stats):
-    """Wanda's ``|w_ij| * ||x_j||`` for a consumer whose input statistics were captured (else None)."""
-
-    def importance(record: WeightRecord, weights: np.ndarray) -> np.ndarray | None:
-        found = stats.get(record.name)
-        if found is None or found.sq_norm.shape[0] != weights.shape[record.axis]:
-            return None
-        shape = [1] * weights.ndim
-        shape[record.axis] = found.sq_norm.shape[0]
-        return np.abs(weights.astype(np.float32)) * np.sqrt(found.sq_norm).reshape(shape).astype(np.float32)
-
-    return importance
-
-
-def _stats_follow(stats):
-    """Keep a consumer's input statistics in the order of its permuted channels."""
-
-    def permuted(record: WeightRecord, perm: np.ndarray) -> None:
-        found = stats.get(record.name)
-        if found is not None:
-            stats[record.name] = permute_stats(found, perm)
-
-    return permuted
-
-
-def _keep_if_better(method: CalibratedMethod, permute: PermuteChannels, record: WeightRecord) -> bool:
-    """Put a layer's channels back in order when, calibrated, the permuted layer is not better; True if so."""
-    _, perm = permute.applied[record.name]
-    stats = method.stats.get(record.name)
-    if stats is None:
-        return False
-    weights = record.source.tensor.numpy()
-    inverse = np.argsort(perm)
-    permuted = method.evaluate(record, weights, stats)
-    original = method.evaluate(record, np.take(weights, inverse, axis=record.axis), permute_stats(stats, inverse))
-    record.permutation["calibrated_error"] = {"permuted": permuted, "original": original}
-    if permuted is None or original is None or permuted < original:
-        return False
-    permute.undo(record)
-    record.permutation["kept"] = False
-    record.permutation["note"] = "original order kept: calibrated, the permuted layer's error was not lower"
-    return True
-
-
-def _better_order(
-    model: ir.Model, method: CalibratedMethod, permute: PermuteChannels, calibration: FeedSet
-) -> PruneMethod:
-    """Prune the whole model with and without the permutations; keep the order whose outputs move less.
-
-    Compared on the held-out calibration feeds (every 4th; all of them when there are
-    fewer than 4).  Returns the method with the chosen order's results precomputed.
-    """
-    feeds = calibration.feeds[3::4] if len(calibration) >= 4 else calibration.feeds
-    candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
-    with tempfile.TemporaryDirectory(prefix="sparse24-order-") as folder:
-        session = open_model_session(model, Path(folder) / "model.onnx")
-        reference = run_feeds(session, feeds, hint=calibration.hint)
-        names = [o.name for o in session.get_outputs()]
-        del session
-    trials = {}
-    for order in ("permuted", "original"):
-        if order == "original":
-            undone = [permute.undo(record) for record in list(_permuted_records(permute, candidates))]
-        results, notes = {}, {}
-        for record in candidates:
-            pruned = method.prune(record, record.real(record.source.tensor.numpy()))
-            if not isinstance(pruned, str):
-                results[record.name] = pruned
-                notes[record.name] = record.calibration
-        chosen = [r for r in candidates if r.name in results]
-        error = output_error(model, chosen, results, feeds, reference, names)
-        trials[order] = (error, results, notes)
-        log.info("calibration feeds' output error with the %s channel order: %.4g", order, error)
-    keep = trials["permuted"][0] < trials["original"][0]
-    if keep:
-        for chain, perm in undone:
-            permute.redo(chain, perm)
-    error, results, notes = trials["permuted" if keep else "original"]
-    for record in candidates:
-        if record.name in notes:
-            record.calibration = notes[record.name]
-        if record.permutation is not None:
-            record.permutation["model_error"] = {"permuted": trials["permuted"][0], "original": trials["original"][0]}
-            if not keep and record.permutation.get("kept", True):
-                record.permutation["kept"] = False
-                record.permutation["note"] = "original order kept: the whole model moved less without permutations"
-    return Precomputed(method, results)
-
-
-def _permuted_records(permute: PermuteChannels, records: list[WeightRecord]) -> list[WeightRecord]:
-    return [r for r in records if r.name in permute.applied]
 
 
 def _scratch(out: Path) -> StagedOutput:

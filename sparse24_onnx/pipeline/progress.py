@@ -1,0 +1,68 @@
+"""Progress lines that never look stuck: one per layer (at most one a second), the time of a slow layer
+when it ends, and a heartbeat while one layer takes long."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..passes.weights import WeightRecord
+
+__all__ = ["HEARTBEAT_SECONDS", "LayerProgress"]
+
+log = logging.getLogger("sparse24_onnx")
+
+#: A layer still running after this many seconds gets a "still ..." line, and another every as many more.
+HEARTBEAT_SECONDS = 10.0
+#: A layer that took at least this long gets a line with its time when it ends.
+SLOW_SECONDS = 5.0
+
+
+class LayerProgress:
+    """``progress(done, total, record)`` before each layer, :meth:`finish` after the last.
+
+    Args:
+        verb: What is done to each layer (``pruning``, ``pruning for the sensitivity search``).
+        heartbeat: Seconds between "still ..." lines while one layer runs.
+    """
+
+    def __init__(self, verb: str = "pruning", heartbeat: float = HEARTBEAT_SECONDS) -> None:
+        self.verb = verb
+        self.heartbeat = heartbeat
+        self.last_line = 0.0
+        self.current: tuple[str, float] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, done: int, total: int, record: WeightRecord) -> None:
+        self._end_layer()
+        now = time.monotonic()
+        if now - self.last_line >= 1.0 or done == 0:
+            self.last_line = now
+            shape = "x".join(map(str, record.shape))
+            log.info("%s %d/%d: %s (%s)", self.verb, done + 1, total, record.name, shape)
+        self.current = (record.name, now)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(record.name, now, self._stop), daemon=True)
+        self._thread.start()
+
+    def _beat(self, name: str, started: float, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat):
+            log.info("still %s %s (%.0f s so far)", self.verb, name, time.monotonic() - started)
+
+    def _end_layer(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self.current is not None:
+            name, started = self.current
+            took = time.monotonic() - started
+            if took >= SLOW_SECONDS:
+                log.info("%s %s took %.1f s", self.verb, name, took)
+            self.current = None
+
+    def finish(self) -> None:
+        """End the last layer (its time, if slow) and stop the heartbeat."""
+        self._end_layer()
