@@ -15,7 +15,7 @@ the report).  The NumPy core (2:4 pruning of plain arrays) is
 :mod:`sparse24_onnx.core`.
 
 The names are imported on first use, so that ``sparse24 --help`` does not pay
-for onnx and onnxruntime.
+for onnx and onnxruntime.  Importing the package changes nothing global.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._lazy_imports import defer_sympy
+from ._version import __version__
 from .errors import BadInput, ExitCode, MissingRuntime, Sparse24Error, ValidationFailed
-
-__version__ = "0.2.0"
 
 __all__ = [
     "BadInput",
@@ -66,4 +64,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-defer_sympy()
+def __dir__() -> list[str]:
+    """The public API (what ``help()`` and tab completion should offer), not the module's plumbing."""
+    return sorted(__all__)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import BadInput
 from .passes.weights import Status, WeightRecord
 from .validation.compare import OutputComparison

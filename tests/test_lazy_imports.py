@@ -41,7 +41,8 @@ def test_symbolic_arithmetic_still_works_after_deferral():
     out = run_python(
         """
         import sys
-        import sparse24_onnx
+        from sparse24_onnx._lazy_imports import defer_sympy
+        defer_sympy()  # what the sparse24 command does first
         import onnx_ir as ir
         before = "sympy.core" in sys.modules
         dims = [ir.SymbolicDim("N") + 1, ir.SymbolicDim("N") * 2, ir.SymbolicDim("max(a, b)") + 0]
@@ -52,3 +53,30 @@ def test_symbolic_arithmetic_still_works_after_deferral():
         """
     )
     assert out == "False ['N + 1', '2*N', 'Max(a, b)'] x + 1 2 True"
+
+
+def test_importing_the_library_changes_nothing_global():
+    out = run_python(
+        """
+        import sys, types
+        before = set(sys.modules)
+        import sparse24_onnx
+        from sparse24_onnx._lazy_imports import _Deferred
+        stand_ins = [n for n, m in sys.modules.items() if isinstance(m, _Deferred)]
+        print(stand_ins, "prune_model" in dir(sparse24_onnx), "importlib" in dir(sparse24_onnx))
+        """
+    )
+    assert out == "[] True False"
+
+
+def test_no_validate_never_imports_onnxruntime(models_dir, tmp_path):
+    args = [str(models_dir / "mlp.onnx"), str(tmp_path / "out.onnx"), "--no-validate", "-q"]
+    out = run_python(
+        f"""
+        import sys
+        from sparse24_onnx.cli import main
+        assert main(["optimize", *{args!r}]) == 0
+        print("onnxruntime" in sys.modules)
+        """
+    )
+    assert out == "False"

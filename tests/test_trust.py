@@ -351,3 +351,46 @@ def test_generated_feeds_follow_ids_through_identity_and_size_images(tmp_path):
     assert fed["input_ids"]["values"] == "integers in [0, 50)"
     assert fed["image"]["shapes"] == [[1, 3, 224, 224]]
     assert fed["image"]["values"] == "integers in [0, 256) (8-bit image values)"
+
+
+def test_shape_spellings_of_trtexec_and_polygraphy_are_accepted(tmp_path):
+    from sparse24_onnx.validation.feeds import parse_shapes
+
+    assert parse_shapes(["x=2x64", "x:2x64", "x:[2,64]", "input:0:[2, 64]", "seq=16"]) == {
+        "x": (2, 64),
+        "input:0": (2, 64),
+        "seq": (16,),
+    }
+    with pytest.raises(BadInput, match="expected NAME=DIMS"):
+        parse_shapes(["x"])
+
+
+def test_a_mistyped_command_gets_a_suggestion():
+    result = run_module("__main__", "optimise", "a.onnx", "b.onnx")
+    assert result.returncode == 2
+    assert "did you mean optimize?" in result.stderr
+
+
+def test_a_missing_side_file_is_named_in_one_short_line(tmp_path):
+    model = mlp(tmp_path / "m.onnx")
+    onnx.save(
+        onnx.load(model), tmp_path / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0
+    )
+    (tmp_path / "ext.data").unlink()
+    result = run_module("optimize", tmp_path / "ext.onnx", tmp_path / "o.onnx")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert "its weights are stored in 'ext.data', which is not there" in line
+    assert len(line) < 120 + 2 * len(str(tmp_path))
+
+
+def test_the_op_column_names_declined_and_compressed_weights(tmp_path, models_dir):
+    from sparse24_onnx.pipeline.check import check_model as check
+
+    table = check(models_dir / "cnn.onnx").table()
+    depthwise = next(line for line in table.splitlines() if line.startswith("depthwise.weight"))
+    assert " Conv " in depthwise
+    out = tmp_path / "c.onnx"
+    prune_model(models_dir / "mlp.onnx", out, format="compressed", validate=False)
+    for line in check(out).table().splitlines()[1:]:
+        assert line.split()[1] in ("MatMul", "Gemm"), line

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from .. import __version__
+from .._lazy_imports import defer_sympy
+from .._version import __version__
 from . import bench, check, expand, optimize
 from .common import PREFIX, ArgumentParser, run_main
 
@@ -34,7 +35,12 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``sparse24 COMMAND ...``; returns the exit code."""
+    """``sparse24 COMMAND ...``; returns the exit code.
+
+    Only the command's own process defers sympy (a quarter of a short run's start-up, see
+    :mod:`sparse24_onnx._lazy_imports`); importing the library leaves ``sys.modules`` alone.
+    """
+    defer_sympy()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 
 EXAMPLES = """examples:
   sparse24 bench model.sparse.onnx --tokens 2048

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,6 +28,14 @@ class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` that reports a usage error in one line and exits with code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            import difflib
+
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [o.strip() for o in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1)
+            if close:
+                message += f"; did you mean {close[0]}?"
         sys.stderr.write(f"{PREFIX}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(ExitCode.BAD_INPUT)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import __version__
+from .._version import __version__
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:

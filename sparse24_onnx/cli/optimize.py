@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import __version__
+from .._version import __version__
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
@@ -96,7 +96,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         choices=("dense", "compressed"),
         default="dense",
         help="dense: pruned weights with their zeros, what TensorRT reads (default); compressed: kept values + "
-        "2-bit positions and a decompression subgraph, about half the size, runs in stock onnxruntime",
+        "2-bit positions and a decompression subgraph: each pruned weight takes about half its dense size (weights "
+        "not pruned, embeddings among them, stay as they are), runs in stock onnxruntime",
     )
     parser.add_argument(
         "--permute",

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..core import decompress, is_24
 from ..errors import BadInput, MissingRuntime
 from ..modelio.compressed import compressed_entries

@@ -86,6 +86,7 @@ def load_model(
     where = _first_invalid_text(proto)
     if where:
         raise BadInput(f"{path}: not a valid ONNX model: {where} holds text that is not UTF-8 (damaged file?)")
+    _refuse_missing_external_files(path, proto)
     if check:
         try:
             # The bytes already read go to the C++ checker as they are (no second read,
@@ -288,6 +289,26 @@ def needs_external_data(model: ir.Model, growth: int = 0) -> bool:
     so that the new tensors can go to the side file as they are made).
     """
     return sum(tensor.nbytes for tensor in _tensors(model)) + growth > PROTOBUF_LIMIT_BYTES
+
+
+def _refuse_missing_external_files(path: Path, proto: onnx.ModelProto) -> None:
+    """One short line naming a side file the model refers to that is not there (before the checker's long one)."""
+    for graph in _proto_graphs(proto):
+        tensors = list(graph.initializer) + [
+            a.t for node in graph.node for a in node.attribute if a.name == "value" and a.HasField("t")
+        ]
+        for tensor in tensors:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location is None:
+                continue
+            side = path.parent / location
+            if not side.is_file():
+                raise BadInput(
+                    f"{path}: its weights are stored in {location!r}, which is not there (looked for {side}); "
+                    "copy the .data file next to the model"
+                )
 
 
 def external_files(model: ir.Model) -> set[Path]:

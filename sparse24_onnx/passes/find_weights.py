@@ -104,6 +104,7 @@ class FindWeights(InPlacePass):
             shape=shape,
             dtype=tensor.dtype.name,
             uses=trace.uses,
+            declined_ops=tuple(trace.declined_ops),
         )
         if not trace.uses and not trace.problems and not trace.integer_ops:
             record.skip(trace.gaps[0])  # it may be a weight, but where it goes could not be seen

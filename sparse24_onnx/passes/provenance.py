@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from .. import __version__
+from .._version import __version__
 from ..modelio.compressed import FORMAT_VERSION
 from ..modelio.provenance import PROVENANCE_KEY, read_provenance
 from .base import InPlacePass, PassResult

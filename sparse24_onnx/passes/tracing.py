@@ -142,6 +142,8 @@ class Trace:
     integer_ops: list[str] = field(default_factory=list)
     dequantized: list[Dequantization] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
+    #: Op types of the products reached that cannot use the weight (for tables: depthwise Conv, MatMulInteger).
+    declined_ops: list[str] = field(default_factory=list)
 
 
 def _is_default(node: ir.Node) -> bool:
@@ -324,6 +326,7 @@ class _Tracer:
         op = node.op_type if _is_default(node) else ""
         if op in _INTEGER_OPS:
             if index in _INTEGER_OPS[op]:
+                trace.declined_ops.append(op)
                 trace.integer_ops.append(
                     f"input of the integer op {label} (onnxruntime's integer kernels: no Sparse Tensor Core runs it)"
                 )
@@ -388,6 +391,7 @@ class _Tracer:
                 )
             )
         elif problem:
+            trace.declined_ops.append(node.op_type)
             trace.problems.append(problem)
         elif not (_is_default(node) and node.op_type in _SHAPE_ONLY_OPS):
             trace.others.append(_other(label, index))

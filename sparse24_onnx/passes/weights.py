@@ -172,6 +172,8 @@ class WeightRecord:
     permutation: dict | None = None
     calibration: dict | None = None
     quantization: Dequantization | None = None
+    #: Op types of products reached that cannot use the weight (depthwise Conv, MatMulInteger ...).
+    declined_ops: tuple[str, ...] = ()
 
     @property
     def grid(self):
@@ -192,7 +194,7 @@ class WeightRecord:
     @property
     def op_types(self) -> str:
         """The consuming op types, e.g. ``MatMul`` or ``Gemm+MatMul``."""
-        return "+".join(sorted({use.op_type for use in self.uses})) or "-"
+        return "+".join(sorted({use.op_type for use in self.uses} or set(self.declined_ops))) or "-"
 
 
 def data_problem(weights: np.ndarray) -> str | None:

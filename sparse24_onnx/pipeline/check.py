@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from .. import __version__
+from .._version import __version__
 from ..core import count_dense_groups
 from ..errors import BadInput, ExitCode
 from ..modelio.compressed import compressed_entries, read_sparse_weights
@@ -23,7 +23,7 @@ from ..modelio.load import external_files
 from ..modelio.provenance import read_provenance
 from ..passes import FindWeights
 from ..passes.find_weights import TC_SHAPES
-from ..passes.weights import Status, WeightRecord, data_problem
+from ..passes.weights import Status, WeightRecord, all_graphs, data_problem
 from ..report import check_report_path, format_table, tensor_entry, write_json
 from .loading import input_path, load_input, refuse_unmatched
 
@@ -172,6 +172,12 @@ def compressed_records(model) -> list[WeightRecord]:
         weights = read_sparse_weights(model)
     except (ValueError, KeyError, TypeError) as error:
         raise BadInput(f"{model.graph.name}: unreadable compressed weights ({error})") from None
+    consumers: dict[str, set[str]] = {}  # value name -> op types reading it (what the table shows as op)
+    for _, graph in all_graphs(model):
+        for node in graph:
+            for value in node.inputs:
+                if value is not None and value.name:
+                    consumers.setdefault(value.name, set()).add(node.op_type)
     records = []
     for name, sparse in weights.items():
         entry = entries[name]
@@ -183,6 +189,7 @@ def compressed_records(model) -> list[WeightRecord]:
             dtype=str(entry.get("dtype", "")),
             axis=sparse.axis,
             storage="compressed",
+            declined_ops=tuple(sorted(consumers.get(name, ()))),
         )
         invalid = sparse.invalid_groups()
         if invalid:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .. import __version__
+from .._version import __version__
 from ..calibration.capture import collect_stats
 from ..calibration.methods import (
     CalibratedMethod,

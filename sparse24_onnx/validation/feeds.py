@@ -185,12 +185,16 @@ class FeedSet:
 
 
 def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """Parse ``--shape NAME=1x128`` options into ``{NAME: (1, 128)}``."""
+    """Parse ``--shape`` options into ``{NAME: sizes}``: ``input_ids=1x128``, ``seq=128``, and the spellings
+    of trtexec (``input_ids:1x128``) and Polygraphy (``input_ids:[1,128]``), which users already type."""
     shapes = {}
+    dims = r"\[?\s*(\d+(?:\s*[x,]\s*\d+)*)\s*\]?"
     for item in items:
-        match = re.fullmatch(r"\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*", item)
+        match = re.fullmatch(rf"\s*([^=]+?)\s*=\s*{dims}\s*", item) or re.fullmatch(rf"\s*(.+?)\s*:\s*{dims}\s*", item)
         if not match:
-            raise BadInput(f"--shape {item!r}: expected NAME=DIMS such as input_ids=1x128 or seq=128")
+            raise BadInput(
+                f"--shape {item!r}: expected NAME=DIMS such as input_ids=1x128 or seq=128 (or input_ids:[1,128])"
+            )
         shapes[match.group(1)] = tuple(int(d) for d in re.split(r"\s*[x,]\s*", match.group(2)))
     return shapes
 
