@@ -381,7 +381,7 @@ def test_a_missing_side_file_is_named_in_one_short_line(tmp_path):
     assert result.returncode == 2
     (line,) = error_lines(result)
     assert "its weights are stored in 'ext.data', which is not there" in line
-    assert len(line) < 120 + 2 * len(str(tmp_path))
+    assert len(line.replace(str(tmp_path), "")) < 160  # was 440 characters of checker and onnxruntime text
 
 
 def test_the_op_column_names_declined_and_compressed_weights(tmp_path, models_dir):
