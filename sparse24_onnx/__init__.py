@@ -21,6 +21,7 @@ for onnx and onnxruntime.  Importing the package changes nothing global.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 from ._version import __version__
@@ -40,6 +41,10 @@ __all__ = [
     "expand_model",
     "prune_model",
 ]
+
+# A library logs, it does not print: without this, Python's last-resort handler would write the
+# warnings of every run to stderr of programs that never configured logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "prune_model": "pipeline.prune",

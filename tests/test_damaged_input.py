@@ -113,3 +113,53 @@ def test_damaged_model_protos_given_to_the_api_raise_only_bad_input(models_dir, 
         except BaseException as error:
             failures.append((case, f"{type(error).__name__}: {error}"[:200]))
     assert not failures, failures
+
+
+def test_report_paths_colliding_with_model_files_never_destroy_them(models_dir, tmp_path):
+    """Every --report that names one of the run's model files is refused, and every file is left as it was."""
+    import hashlib
+
+    import onnx
+
+    source = tmp_path / "in.onnx"
+    onnx.save(onnx.load(models_dir / "mlp.onnx"), source, save_as_external_data=True, location="in.onnx.data",
+              size_threshold=0)  # fmt: skip
+    out = tmp_path / "out.onnx"
+
+    def digests():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
+
+    before = digests()
+    targets = [source, tmp_path / "in.onnx.data", out, tmp_path / "out.onnx.data", tmp_path / "." / "in.onnx"]
+    for target in targets:
+        for args in (
+            [str(source), str(out), "-q", "--report", str(target)],
+            [str(source), str(out), "-q", "--external-data", "--report", str(target)],
+        ):
+            code, errors = quietly(lambda args=args: optimize_main(args))
+            assert code == 2, (target, errors)
+            assert "a model file of this run" in errors
+        if target.name.startswith("in."):  # check's model files: the model and its side file
+            code, errors = quietly(lambda target=target: check_main([str(source), "-q", "--report", str(target)]))
+            assert code == 2, (target, errors)
+        assert digests() == before
+
+
+def test_ir3_models_with_damage_never_cause_an_internal_error(tmp_path):
+    import onnx
+
+    from models.graph_shapes import ir3
+
+    source = tmp_path / "ir3.onnx"
+    onnx.save(ir3(), source)
+    data = source.read_bytes()
+    rng = random.Random(3)
+    failures = []
+    for case in range(30):
+        path = tmp_path / f"damaged{case}.onnx"
+        path.write_bytes(damaged(data, rng))
+        for name, run in COMMANDS.items():
+            code, errors = quietly(lambda run=run, path=path: run(path, tmp_path / "o.onnx"))
+            if code not in (0, 1, 2):
+                failures.append((case, name, code, errors))
+    assert not failures, failures
