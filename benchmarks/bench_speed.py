@@ -1,6 +1,6 @@
 """Speed and memory of sparse24-onnx, with the peer (polygraphy 0.53) measured in the same run.
 
-    pip install -e '.[dev]'        # polygraphy is in the dev extra
+    pip install -e '.[dev,bench]'  # the peer: polygraphy and the onnx-graphsurgeon its surgeon needs
     python benchmarks/bench_speed.py [--scale-gib 1 2 3] [--skip-peer-e2e]
 
 Prints six tables:
@@ -293,6 +293,11 @@ def main() -> None:
     parser.add_argument("--e2e-side", type=int, nargs="*", default=[1024, 2048], help="MLP sides for table 3")
     parser.add_argument("--only", choices=["startup", "core", "tensor", "e2e", "scale"], action="append")
     args = parser.parse_args()
+    import importlib.util
+
+    missing = [m for m in ("polygraphy", "onnx_graphsurgeon") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"bench_speed: the peer needs {', '.join(missing)}: pip install -e '.[bench]'")
     import onnx
     import onnx_ir
     import polygraphy
