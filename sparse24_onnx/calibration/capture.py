@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from ..passes.op_rules import data_operand
 from ..passes.weights import WeightRecord
 from ..validation.sessions import open_model_session, run_feeds
 
@@ -93,13 +94,11 @@ def _data_value(node: ir.Node, index: int, shape: tuple[int, ...]) -> tuple[ir.V
     ``shape`` is the weight's shape as its product sees it (the traced shape: through casts and
     dequantization it is the stored one).
     """
-    if node.op_type == "MatMul":
-        return (node.inputs[0], "last") if index == 1 else (node.inputs[1], "second_last")
-    if node.op_type == "Gemm" and index == 1:
-        return node.inputs[0], ("first" if node.attributes.get_int("transA", 0) else "last")
-    if node.op_type == "Conv" and index == 1:
-        return node.inputs[0], ConvPatches.of(node, shape)
-    return None
+    found = data_operand(node, index)
+    if found is None:
+        return None
+    value, layout = found
+    return value, (ConvPatches.of(node, shape) if layout == "channels" else layout)
 
 
 @dataclass(frozen=True)

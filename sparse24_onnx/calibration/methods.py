@@ -21,7 +21,7 @@ from ..core.quantized import QuantGrid
 from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, sparsegpt_factor, wanda_importance
 from ..errors import BadInput
 from ..passes.prune_weights import PruneMethod
-from ..passes.weights import WeightRecord
+from ..passes.weights import NOT_FINITE, Declined, WeightRecord
 from .capture import LayerStats
 
 __all__ = [
@@ -45,7 +45,7 @@ class MagnitudeMethod:
     blockwise = True
     values_kept = True
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return prune_24_dense(weights, record.axis, out=out)
 
 
@@ -64,16 +64,16 @@ class GradientMethod:
     def __init__(self, gradients: Mapping[str, np.ndarray]) -> None:
         self.gradients = gradients
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if record.name not in self.gradients:
-            return "no gradient for this tensor in --gradients"
+            raise Declined("no gradient for this tensor in --gradients")
         gradient = np.asarray(self.gradients[record.name])
         if gradient.shape != weights.shape:
             raise BadInput(f"--gradients: '{record.name}' has shape {gradient.shape}, the weight has {weights.shape}")
         if not np.isfinite(gradient).all():
-            return "its gradient contains NaN or Inf"
+            raise Declined("its gradient contains NaN or Inf")
         if not np.isfinite(weights).all():
-            return "contains NaN or Inf"
+            raise Declined(NOT_FINITE)
         return prune_24_dense(weights, record.axis, gradient_importance(weights, gradient), out=out)
 
 
@@ -295,7 +295,7 @@ class CalibratedMethod:
             }[kind]()
         return found[kind]
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return self._prune(record, weights, self.stats.get(record.name), out)
 
     def evaluate(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> float | None:
@@ -304,7 +304,9 @@ class CalibratedMethod:
         ``record`` is left as it was; None when the layer has no Hessian.
         """
         trial = replace(record, calibration=None)
-        if isinstance(self._prune(trial, weights, stats, None), str):
+        try:
+            self._prune(trial, weights, stats, None)
+        except Declined:
             return None
         note = trial.calibration or {}
         value = note.get("held_out_error", note.get("layer_output_error"))
@@ -312,9 +314,9 @@ class CalibratedMethod:
 
     def _prune(
         self, record: WeightRecord, weights: np.ndarray, stats: LayerStats | None, out: np.ndarray | None
-    ) -> np.ndarray | str:
+    ) -> np.ndarray:
         if not np.isfinite(weights).all():
-            return "contains NaN or Inf"
+            raise Declined(NOT_FINITE)
         if stats is None or stats.rows == 0:
             why = (
                 "no calibration activations reach this layer"
@@ -437,7 +439,7 @@ class Precomputed:
         #: Time spent computing ``results`` (said with the pruning time, which it belongs to).
         self.seconds = seconds
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if record.name not in self.results:
             return self.inner.prune(record, weights, out)
         return self.results[record.name]
@@ -473,7 +475,7 @@ class SequentialMethod:
         self.refit = refit
         self.tune = tune
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         from .capture import collect_stats
 
         stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune)

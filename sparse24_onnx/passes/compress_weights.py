@@ -23,7 +23,7 @@ from ..modelio.compressed import (
 )
 from .base import InPlacePass, PassResult
 from .prune_weights import InMemory, TensorSink
-from .weights import InitializerSource, Status, WeightRecord, weight_records
+from .weights import Declined, InitializerSource, Status, WeightRecord, weight_records
 
 __all__ = ["CompressWeights", "CompressedWeight", "compress_record"]
 
@@ -50,12 +50,14 @@ class CompressWeights(InPlacePass):
         changed = []
         for record in pruned:
             tensor = record.source.tensor
-            result = compress_record(model, record, taken, store=self.sink.store, contexts=contexts, edits=edits)
-            if isinstance(tensor, ir.ExternalTensor):
-                tensor.release()  # unmap the pruned weight (a scratch file): one weight in memory at a time
-            if isinstance(result, str):
-                record.storage_note = result
+            try:
+                result = compress_record(model, record, taken, store=self.sink.store, contexts=contexts, edits=edits)
+            except Declined as declined:
+                record.storage_note = declined.reason
                 continue
+            finally:
+                if isinstance(tensor, ir.ExternalTensor):
+                    tensor.release()  # unmap the pruned weight (a scratch file): one weight in memory at a time
             record.storage = "compressed"
             record.compressed = result
             changed.append(record)
@@ -259,7 +261,7 @@ def compress_record(
     store: Callable[[ir.TensorProtocol], ir.TensorProtocol] | None = None,
     contexts: dict[int, GraphContext] | None = None,
     edits: InitializerEdits | None = None,
-) -> CompressedWeight | str:
+) -> CompressedWeight:
     """Replace a pruned weight by values, metadata and its decompression subgraph.
 
     Args:
@@ -274,31 +276,34 @@ def compress_record(
             to :meth:`~InitializerEdits.finish`; by default they are finished at once.
 
     Returns:
-        What was written, or the reason the weight was left dense (one line).
+        What was written.
+
+    Raises:
+        Declined: The weight stays dense, for the reason given (one line).
     """
     source = record.source
     owner = source.value.graph if isinstance(source, InitializerSource) else source.node.graph
     if owner is None:
-        return "cannot tell which graph holds it"
+        raise Declined("cannot tell which graph holds it")
     opset = default_opset(owner, model)
     if opset < MIN_OPSET:
-        return f"the compressed format needs opset {MIN_OPSET} (integer Constant nodes); the model has {opset}"
+        raise Declined(f"the compressed format needs opset {MIN_OPSET} (integer Constant nodes); the model has {opset}")
     taken = _all_names(model) if taken is None else taken
     contexts = {} if contexts is None else contexts
     context = contexts.setdefault(id(owner), GraphContext(top=next(iter(owner), None), constants={}))
     tensor = source.tensor
     grid = record.grid
     if grid is not None and not grid.symmetric:
-        return (
+        raise Declined(
             "its zero point is not 0 and the format rebuilds pruned entries as 0, so it stays dense "
             "(quantize with symmetric weights, as TensorRT needs anyway)"
         )
     if tensor.dtype in (ir.DataType.INT4, ir.DataType.UINT4):
-        return "4-bit weights stay dense: the decompression subgraph would need 4-bit Gather and Cast kernels"
+        raise Declined("4-bit weights stay dense: the decompression subgraph would need 4-bit Gather and Cast kernels")
     dense = tensor.numpy()
     sparse = prune_24(dense, None, record.axis)  # dense is 2:4 already: this keeps its non-zeros
     if not _same_bits(decompress(sparse), dense):
-        return "its dense form is not 2:4 along its axis"
+        raise Declined("its dense form is not 2:4 along its axis")
     name = record.name
     builder = _Builder(name, taken, context)
     values_name = _unique(name + VALUES_SUFFIX, taken)

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from ..core.permutation import search_permutation
 from .base import InPlacePass, PassResult
+from .op_rules import data_operand, output_channel_operands
 from .weights import ConstantNodeSource, InitializerSource, Status, WeightRecord, weight_records
 
 __all__ = ["PermuteChannels"]
@@ -69,37 +70,28 @@ def _only_used_by(value: ir.Value, nodes: set[int]) -> bool:
 
 
 def _data_input(node: ir.Node, index: int, record: WeightRecord) -> tuple[ir.Value, int] | None:
-    """The consumer's data input and its channel axis (``-1`` = last), if the chain can end here."""
-    if node.op_type == "MatMul" and index == 1 and len(record.shape) == 2:
-        return node.inputs[0], -1
-    if node.op_type == "Gemm" and index == 1 and not node.attributes.get_int("transA", 0):
-        return node.inputs[0], -1
-    if node.op_type == "Conv" and index == 1 and node.attributes.get_int("group", 1) == 1:
-        return node.inputs[0], 1
+    """The consumer's data input and its channel axis (``-1`` = last), if the chain can end here: a 2-D
+    weight read as ``X @ W`` (MatMul, Gemm without ``transA``) or an ungrouped Conv."""
+    found = data_operand(node, index)
+    if found is None:
+        return None
+    value, layout = found
+    if layout == "last" and (node.op_type == "Gemm" or len(record.shape) == 2):
+        return value, -1
+    if layout == "channels" and node.attributes.get_int("group", 1) == 1:
+        return value, 1
     return None
 
 
-def _producer_moves(node: ir.Node, channels: int) -> list[tuple[ir.Value, int]] | None:
-    """The producer layer's tensors that carry its output channels, with the axis; None if not a layer."""
-    if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
-        return None
-    inputs = node.inputs
-    if node.op_type == "MatMul" and len(inputs) == 2 and inputs[1] is not None:
-        weight = inputs[1]
+def _producer_moves(node: ir.Node) -> list[tuple[ir.Value, int]] | None:
+    """The producer layer's tensors that carry its output channels, with the axis; None if not such a layer
+    (or a MatMul whose second operand is no constant)."""
+    moves = output_channel_operands(node)
+    if moves and node.op_type == "MatMul":
+        weight = moves[0][0]
         if weight.const_value is None and _holder(weight) is None:
             return None
-        return [(weight, 1)]
-    if node.op_type == "Gemm" and inputs[1] is not None and not node.attributes.get_int("transA", 0):
-        moves = [(inputs[1], 0 if node.attributes.get_int("transB", 0) else 1)]
-        if len(inputs) > 2 and inputs[2] is not None:
-            moves.append((inputs[2], -1))
-        return moves
-    if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1 and inputs[1] is not None:
-        moves = [(inputs[1], 0)]
-        if len(inputs) > 2 and inputs[2] is not None:
-            moves.append((inputs[2], 0))
-        return moves
-    return None
+    return moves
 
 
 def _depthwise(node: ir.Node, channels: int) -> bool:
@@ -152,7 +144,7 @@ def find_chain(record: WeightRecord) -> _Chain | None:
         node = value.producer()
         if node is None:
             return None
-        layer = _producer_moves(node, channels)
+        layer = _producer_moves(node)
         if layer is not None and node.op_type == consumer.op_type:
             if producer is not None and producer is not node:
                 return None

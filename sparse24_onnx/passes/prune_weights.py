@@ -12,7 +12,7 @@ import onnx_ir as ir
 from ..core import DenseMetrics
 from ..core.quantized import QuantGrid
 from .base import InPlacePass, PassResult
-from .weights import Status, WeightRecord, weight_records
+from .weights import NOT_FINITE, Declined, Status, WeightRecord, weight_records
 
 __all__ = ["InMemory", "PruneMethod", "PruneWeights", "TensorSink"]
 
@@ -35,10 +35,13 @@ class PruneMethod(Protocol):
     #: are then streamed block by block.
     blockwise: bool
 
-    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | str:
-        """The dense 2:4 version of ``weights`` along ``record.axis``; a string is the reason to skip it.
+    def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The dense 2:4 version of ``weights`` along ``record.axis``.
 
         ``out``, when given, is a buffer of the weights' shape and dtype to write into.
+
+        Raises:
+            Declined: The method cannot prune this weight (the reason is the skip's).
         """
         ...
 
@@ -114,9 +117,10 @@ class PruneWeights(InPlacePass):
         stored = tensor.numpy()
         grid = record.grid
         weights = stored if grid is None else grid.dequantize(stored)
-        pruned = self.method.prune(record, weights)
-        if isinstance(pruned, str):
-            record.skip(pruned)
+        try:
+            pruned = self.method.prune(record, weights)
+        except Declined as declined:
+            record.skip(declined.reason)
             return
         if grid is not None:
             stored = requantize(grid, stored, pruned, values_kept=self.method.values_kept)
@@ -154,16 +158,17 @@ class PruneWeights(InPlacePass):
                     return
                 pruned = target[: block.nbytes].view(dtype).reshape(block.shape)
                 grid = record.grid
-                if grid is None:
-                    result = self.method.prune(record, block, out=pruned)
-                    original = block
-                else:  # through the real values: rows of the grid, requantized into the output buffer
-                    grid = grid.rows(rows.start, rows.stop, shape)
-                    original = grid.dequantize(block)
-                    result = self.method.prune(record, original)
-                if isinstance(result, str):
+                try:
+                    if grid is None:
+                        result = self.method.prune(record, block, out=pruned)
+                        original = block
+                    else:  # through the real values: rows of the grid, requantized into the output buffer
+                        grid = grid.rows(rows.start, rows.stop, shape)
+                        original = grid.dequantize(block)
+                        result = self.method.prune(record, original)
+                except Declined as declined:
                     writer.abort()
-                    record.skip(result)
+                    record.skip(declined.reason)
                     return
                 if grid is not None:
                     pruned[...] = requantize(grid, block, result, values_kept=self.method.values_kept)
@@ -183,9 +188,6 @@ class PruneWeights(InPlacePass):
         if self._buffers is None or self._buffers[0].nbytes < nbytes:
             self._buffers = (np.empty(nbytes, dtype=np.uint8), np.empty(nbytes, dtype=np.uint8))
         return self._buffers
-
-
-NOT_FINITE = "contains NaN or Inf"
 
 
 def stored_tensor(record: WeightRecord, tensor: ir.TensorProtocol, pruned: np.ndarray) -> ir.Tensor:

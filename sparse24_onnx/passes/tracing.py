@@ -35,10 +35,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core.quantized import QuantGrid
+from .op_rules import MAX_DEPTH, conv_problem, is_default, slot_axis
 
-__all__ = ["Dequantization", "Trace", "WeightUse", "conv_problem", "slot_axis", "trace_uses"]
+__all__ = ["Dequantization", "Trace", "WeightUse", "trace_uses"]
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 #: Ops that read only the shape of a tensor, so pruning its values is harmless.
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 #: Ops whose output element i is a function of input element i alone: a zero pattern passes through.
@@ -52,7 +52,7 @@ _INTEGER_OPS = {
     "QLinearMatMul": (0, 3),
     "QLinearConv": (3,),
 }
-_MAX_DEPTH = 16
+
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,6 @@ class Trace:
     declined_ops: list[str] = field(default_factory=list)
 
 
-def _is_default(node: ir.Node) -> bool:
-    return node.domain in _DEFAULT_DOMAINS
-
-
 def _constant(value: ir.Value | None) -> np.ndarray | None:
     """A copy of the array of a constant value (initializer or Constant node), or None.
 
@@ -164,82 +160,6 @@ def _constant(value: ir.Value | None) -> np.ndarray | None:
     if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
         return np.array(producer.attributes["value"].value.numpy())
     return None
-
-
-def _is_constant(value: ir.Value | None, seen: dict[int, bool] | None = None, depth: int = 0) -> bool:
-    """True for initializers, Constant outputs, and values computed from constants only.
-
-    The last case covers a weight stored in the compressed format, whose dense
-    form is the output of its decompression subgraph.  Nodes with subgraphs
-    (If, Loop, Scan) are not looked into.
-    """
-    if value is None or value.is_graph_input():
-        return False
-    if value.const_value is not None:
-        return True
-    producer = value.producer()
-    if producer is None or depth > 4 * _MAX_DEPTH:
-        return False
-    if producer.op_type == "Constant":
-        return True
-    seen = {} if seen is None else seen
-    if id(producer) in seen:
-        return seen[id(producer)]
-    constant = (
-        bool(producer.inputs)
-        and not any(
-            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in producer.attributes.values()
-        )
-        and all(i is None or _is_constant(i, seen, depth + 1) for i in producer.inputs)
-    )
-    seen[id(producer)] = constant
-    return constant
-
-
-def slot_axis(node: ir.Node, input_index: int, rank: int) -> tuple[tuple[int, int] | None, str]:
-    """Axes of input ``input_index`` of ``node`` as a weight: (reduction, output), or why it has none.
-
-    The reduction axis is the one the groups of 4 run along (K of a product, the
-    input channels of a convolution); the output axis is the one Sparse Tensor
-    Core tiles also need a multiple of 8 along (N, M, or the output channels).
-
-    Returns:
-        ``((axis, out_axis), "")`` for a weight slot, ``(None, reason)`` for a
-        weight slot that cannot be pruned, ``(None, "")`` when the input is no
-        weight slot at all (a bias, data, an unrelated op).
-    """
-    if not _is_default(node) or input_index not in (0, 1):
-        return None, ""
-    if node.op_type == "ConvTranspose" and input_index == 1:
-        return None, "ConvTranspose: TensorRT has no sparse kernels for deconvolution"
-    if node.op_type == "Conv":
-        if input_index != 1:
-            return None, ""
-        if rank < 3:
-            return None, f"Conv weight has rank {rank}, expected 3 or more"
-        return (1, 0), ""
-    if node.op_type not in ("MatMul", "Gemm"):
-        return None, ""
-    inputs = node.inputs
-    if input_index == 0 and len(inputs) > 1 and _is_constant(inputs[1]):
-        return None, ""  # both operands constant: B is the weight, A is data
-    if node.op_type == "MatMul":
-        if rank < 2:
-            return None, f"{rank}-D MatMul operand is a vector, not a weight matrix"
-        return ((rank - 2, rank - 1) if input_index == 1 else (rank - 1, rank - 2)), ""
-    if rank != 2:
-        return None, f"Gemm operand has rank {rank}, expected 2"
-    if input_index == 0:
-        return ((0, 1) if node.attributes.get_int("transA", 0) else (1, 0)), ""
-    return ((1, 0) if node.attributes.get_int("transB", 0) else (0, 1)), ""
-
-
-def conv_problem(node: ir.Node, shape: tuple[int, ...]) -> str:
-    """Why a Conv weight cannot be 2:4 (depthwise), or an empty string."""
-    group = node.attributes.get_int("group", 1)
-    if group > 1 and len(shape) > 1 and shape[1] == 1:
-        return f"depthwise convolution (group={group}, one input channel per group): no channels to group by 4"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -314,8 +234,8 @@ class _Tracer:
         if value.is_graph_output():
             graph = value.graph.name if value.graph is not None else ""
             trace.others.append(f"is also output '{value.name}' of graph '{graph}', which pruning would change")
-        if step.depth > _MAX_DEPTH:
-            trace.others.append(f"is used more than {_MAX_DEPTH} ops deep (behind '{value.name}'); not followed")
+        if step.depth > MAX_DEPTH:
+            trace.others.append(f"is used more than {MAX_DEPTH} ops deep (behind '{value.name}'); not followed")
             return
         for node, index in value.uses():
             self.use(step, node, index)
@@ -323,7 +243,7 @@ class _Tracer:
     def use(self, step: _Step, node: ir.Node, index: int) -> None:
         trace = self.trace
         label = f"{node.op_type} '{node.name or ''}'"
-        op = node.op_type if _is_default(node) else ""
+        op = node.op_type if is_default(node) else ""
         if op in _INTEGER_OPS:
             if index in _INTEGER_OPS[op]:
                 trace.declined_ops.append(op)
@@ -345,9 +265,10 @@ class _Tracer:
             self.follow(step.to(node.outputs[0], op, shape=shape, mapping=tuple(step.mapping[p] for p in perm)))
             return
         if op in _RESHAPING_OPS and index == 0:
-            shape = _reshaped(node, step.shape)
-            if isinstance(shape, str):
-                self.gap(step, node, shape)
+            try:
+                shape = _reshaped(node, step.shape)
+            except _Gap as gap:
+                self.gap(step, node, gap.reason)
                 return
             self.follow(step.to(node.outputs[0], op, shape=shape, mapping=_surviving_axes(step, shape)))
             return
@@ -393,7 +314,7 @@ class _Tracer:
         elif problem:
             trace.declined_ops.append(node.op_type)
             trace.problems.append(problem)
-        elif not (_is_default(node) and node.op_type in _SHAPE_ONLY_OPS):
+        elif not (is_default(node) and node.op_type in _SHAPE_ONLY_OPS):
             trace.others.append(_other(label, index))
 
     # ---------------------------------------------------------------- quantization
@@ -422,11 +343,11 @@ class _Tracer:
         axis = node.attributes.get_int("axis", 1)
         axis = axis + rank if axis < 0 else axis
         block = node.attributes.get_int("block_size", 0)
-        laid = _lay_over(scale, zero, step, axis, block, permutation)
-        if isinstance(laid, str):
-            self.gap(step, node, laid)
+        try:
+            scale_s, zero_s, scheme = _lay_over(scale, zero, step, axis, block, permutation)
+        except _Gap as gap:
+            self.gap(step, node, gap.reason)
             return
-        scale_s, zero_s, scheme = laid
         dtype = np.dtype(self.stored_dtype)
         if zero_s is None:
             zero_s = np.zeros((), dtype=dtype)
@@ -478,6 +399,14 @@ class _Tracer:
         self.follow(step.to(node.outputs[0], op, stored_quantized=False, quantized=False))
 
 
+class _Gap(Exception):
+    """A step the tracing cannot see through, with the reason (the weight is then skipped, never guessed at)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _other(label: str, index: int) -> str:
     return f"is also read by {label} (input {index}), whose result pruning would change"
 
@@ -497,18 +426,18 @@ def _to_stored(array: np.ndarray, permutation: tuple[int, ...]) -> np.ndarray:
 
 
 def _lay_over(scale, zero, step: _Step, axis: int, block: int, permutation):
-    """Scale and zero point of a DequantizeLinear, broadcastable to the stored tensor; or why not."""
+    """Scale and zero point of a DequantizeLinear, broadcastable to the stored tensor (:class:`_Gap`: why not)."""
     rank = len(step.shape)
     scale = np.asarray(scale)
     zero = None if zero is None else np.asarray(zero)
     if scale.ndim == 0 or (scale.size == 1 and block <= 0):
         return scale.reshape(()), None if zero is None else zero.reshape(()), "per-tensor"
     if not 0 <= axis < rank:
-        return f"axis {axis} is out of range for rank {rank}"
+        raise _Gap(f"axis {axis} is out of range for rank {rank}")
     stored_axis = permutation[axis]
     if block > 0:
         if scale.ndim != rank:
-            return f"blocked scale of rank {scale.ndim} for a tensor of rank {rank}"
+            raise _Gap(f"blocked scale of rank {scale.ndim} for a tensor of rank {rank}")
 
         def expand(array):
             grown = np.repeat(array, block, axis=axis)
@@ -518,7 +447,9 @@ def _lay_over(scale, zero, step: _Step, axis: int, block: int, permutation):
 
         return expand(scale), None if zero is None else expand(zero), f"blocked (axis {stored_axis}, block {block})"
     if scale.ndim != 1 or scale.size != step.shape[axis]:
-        return f"per-axis scale of shape {list(scale.shape)} does not match axis {axis} of length {step.shape[axis]}"
+        raise _Gap(
+            f"per-axis scale of shape {list(scale.shape)} does not match axis {axis} of length {step.shape[axis]}"
+        )
     shape = [1] * rank
     shape[stored_axis] = scale.size
     return (
@@ -538,8 +469,9 @@ def _scheme_of(scale: np.ndarray) -> str:
     return "per-element"
 
 
-def _reshaped(node: ir.Node, shape: tuple[int, ...]) -> tuple[int, ...] | str:
-    """The output shape of a Reshape/Flatten/Unsqueeze/Squeeze with constant arguments, or why it is unknown."""
+def _reshaped(node: ir.Node, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of a Reshape/Flatten/Unsqueeze/Squeeze with constant arguments; :class:`_Gap` says why
+    it is unknown."""
     op = node.op_type
     rank = len(shape)
     if op == "Flatten":
@@ -549,25 +481,25 @@ def _reshaped(node: ir.Node, shape: tuple[int, ...]) -> tuple[int, ...] | str:
     argument = _constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
     if op == "Reshape":
         if argument is None:
-            return "its target shape is not a constant"
+            raise _Gap("its target shape is not a constant")
         target = [int(d) for d in argument.reshape(-1)]
         allow_zero = node.attributes.get_int("allowzero", 0)
         out = [shape[i] if d == 0 and not allow_zero and i < rank else d for i, d in enumerate(target)]
         if out.count(-1) > 1:
-            return "its target shape has more than one -1"
+            raise _Gap("its target shape has more than one -1")
         if -1 in out:
             known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
             total = int(np.prod(shape, dtype=np.int64))
             if known == 0 or total % known:
-                return f"target shape {target} does not fit {list(shape)}"
+                raise _Gap(f"target shape {target} does not fit {list(shape)}")
             out[out.index(-1)] = total // known
         if int(np.prod(out, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
-            return f"target shape {target} does not fit {list(shape)}"
+            raise _Gap(f"target shape {target} does not fit {list(shape)}")
         return tuple(out)
     axes = argument if argument is not None else node.attributes.get_ints("axes", None)
     if op == "Unsqueeze":
         if axes is None:
-            return "its axes are not a constant"
+            raise _Gap("its axes are not a constant")
         new_rank = rank + len(list(np.reshape(axes, -1)))
         positions = sorted(int(a) + new_rank if int(a) < 0 else int(a) for a in np.reshape(axes, -1))
         out, source = [], iter(shape)
@@ -577,7 +509,7 @@ def _reshaped(node: ir.Node, shape: tuple[int, ...]) -> tuple[int, ...] | str:
     # Squeeze
     if axes is None:
         if len(node.inputs) > 1 and node.inputs[1] is not None:
-            return "its axes are not a constant"
+            raise _Gap("its axes are not a constant")
         return tuple(d for d in shape if d != 1)
     drop = {int(a) + rank if int(a) < 0 else int(a) for a in np.reshape(axes, -1)}
     return tuple(d for i, d in enumerate(shape) if i not in drop)

@@ -1,18 +1,8 @@
 """Which constant tensors are prunable weights, and along which axis.
 
 2:4 sparsity must run along the reduction axis K of the product a weight takes
-part in, because that is the axis a Sparse Tensor Core reads in groups of 4:
-
-============  =====  ==========================  =========================
-op            input  layout                      axis of the groups of 4
-============  =====  ==========================  =========================
-MatMul        B (1)  ``[..., K, N]``             ``rank - 2``
-MatMul        A (0)  ``[..., M, K]``             ``rank - 1``
-Gemm          A (0)  ``[M, K]`` / ``[K, M]``     1, or 0 with ``transA=1``
-Gemm          B (1)  ``[K, N]`` / ``[N, K]``     0, or 1 with ``transB=1``
-Conv          W (1)  ``[M, C/group, k...]``      1 (input channels, per output
-                                                 channel and kernel position)
-============  =====  ==========================  =========================
+part in, because that is the axis a Sparse Tensor Core reads in groups of 4 (the
+rules per op: :mod:`~sparse24_onnx.passes.op_rules`).
 
 When both operands of a MatMul or Gemm are constant, B is the weight and A is
 data.  Weights are initializers (of the main graph, of subgraphs) and the
@@ -31,6 +21,7 @@ update it, and reports are built from it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,12 +29,15 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core import PruneMetrics
-from .tracing import Dequantization, Trace, WeightUse, conv_problem, slot_axis, trace_uses
+from .op_rules import conv_problem, slot_axis
+from .tracing import Dequantization, Trace, WeightUse, trace_uses
 
 __all__ = [
+    "NOT_FINITE",
     "PRUNABLE_DTYPES",
     "QUANTIZED_DTYPES",
     "ConstantNodeSource",
+    "Declined",
     "Dequantization",
     "InitializerSource",
     "Status",
@@ -77,8 +71,12 @@ QUANTIZED_DTYPES = frozenset(
 META_KEY = "sparse24.records"
 
 
-class Status:
-    """Status strings of a :class:`WeightRecord`."""
+class Status(str, enum.Enum):
+    """What was decided about a weight (a ``str`` so that reports and tables show the value as it is).
+
+    ``optimize`` moves a weight from ``candidate`` to ``pruned`` or ``skipped``; ``check`` from
+    ``candidate`` to ``2:4``, ``not 2:4`` or ``skipped``.
+    """
 
     CANDIDATE = "candidate"
     PRUNED = "pruned"
@@ -87,6 +85,20 @@ class Status:
     SPARSE = "2:4"
     #: ``check``: the weight is not 2:4 along its axis.
     NOT_SPARSE = "not 2:4"
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class Declined(Exception):
+    """A step declines one weight, with a one-line reason: the pass that catches it skips the weight
+    (or, for storage, keeps it dense) and reports the reason.  Never an error of the run."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class InitializerSource:
@@ -197,11 +209,15 @@ class WeightRecord:
         return "+".join(sorted({use.op_type for use in self.uses} or set(self.declined_ops))) or "-"
 
 
+#: Why a weight holding NaN or Inf is not pruned.
+NOT_FINITE = "contains NaN or Inf"
+
+
 def data_problem(weights: np.ndarray) -> str | None:
     """Why these values cannot be pruned (NaN or Inf), or None."""
     is_float = weights.dtype.kind == "f" or weights.dtype.name == "bfloat16"
     if is_float and not np.isfinite(weights).all():
-        return "contains NaN or Inf"
+        return NOT_FINITE
     return None
 
 

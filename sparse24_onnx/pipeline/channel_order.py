@@ -28,7 +28,7 @@ from ..calibration.capture import permute_stats
 from ..calibration.methods import CalibratedMethod, Precomputed, PruneMethod
 from ..modelio.load import needs_external_data
 from ..passes import PermuteChannels
-from ..passes.weights import Status, WeightRecord, weight_records
+from ..passes.weights import Declined, Status, WeightRecord, weight_records
 from ..validation.budget import output_error
 from ..validation.feeds import FeedSet
 from ..validation.sessions import open_model_session, run_feeds
@@ -219,9 +219,10 @@ def _better_order(
                         permute.redo(chain, perm)
                     raise _OutOfTime
                 progress(done, len(candidates), record)
-                pruned = method.prune(record, record.real(record.source.tensor.numpy()))
-                if not isinstance(pruned, str):
-                    results[record.name] = pruned
+                try:
+                    results[record.name] = method.prune(record, record.real(record.source.tensor.numpy()))
+                except Declined:
+                    continue
                     notes[record.name] = record.calibration
         finally:
             progress.finish()

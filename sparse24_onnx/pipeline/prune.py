@@ -41,7 +41,7 @@ from ..errors import BadInput, ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
 from ..passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
-from ..passes.weights import Status, WeightRecord, weight_records
+from ..passes.weights import Declined, Status, WeightRecord, weight_records
 from ..report import StagedReport, check_report_path, format_table, tensor_entry
 from ..validation.budget import Budget, fit_budget
 from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
@@ -368,9 +368,10 @@ class _PruneRun:
         try:
             for done, record in enumerate(candidates):
                 progress(done, len(candidates), record)
-                pruned = method.prune(record, record.real(record.source.tensor.numpy()))
-                if not isinstance(pruned, str):
-                    results[record.name] = pruned
+                try:
+                    results[record.name] = method.prune(record, record.real(record.source.tensor.numpy()))
+                except Declined:
+                    continue
         finally:
             progress.finish()
         candidates = [r for r in candidates if r.name in results]
