@@ -283,7 +283,7 @@ def test_sparsegpt_on_convolutions_uses_the_im2col_view(models_dir):
     from onnx import TensorProto, helper, numpy_helper
 
     from sparse24_onnx.calibration.capture import ConvPatches
-    from sparse24_onnx.calibration.methods import SparseGPTMethod, _MatrixView
+    from sparse24_onnx.methods.calibrated import SparseGPTMethod, _MatrixView
 
     def _conv_rows(weights):  # [M, C, kh, kw] -> (M, kh * kw * C), channels fastest
         return _MatrixView(weights, 1, im2col=True).rows(weights)

@@ -11,7 +11,7 @@ import pytest
 from models.decoder import DecoderConfig, save_decoder
 from sparse24_onnx import check_model, prune_model
 from sparse24_onnx.errors import BadInput
-from sparse24_onnx.validation.sessions import choose_providers
+from sparse24_onnx.runtime.sessions import choose_providers
 
 SMALL = {"layers": 2, "hidden": 128, "ffn": 352, "heads": 4, "kv_heads": 2, "vocab": 256}
 

@@ -107,7 +107,7 @@ def test_prunes_along_the_reduction_axis_and_validates(model, tmp_path, capsys):
 def _replay_generated_feed(session, model: Path, shapes: dict[str, int]) -> dict[str, np.ndarray]:
     """The feed the tool generates by default (seed 0), rebuilt through the public helpers."""
     from sparse24_onnx.modelio.load import load_model
-    from sparse24_onnx.validation.feeds import InputSpec, generate_feeds, infer_int_ranges
+    from sparse24_onnx.runtime.feeds import InputSpec, generate_feeds, infer_int_ranges
 
     return generate_feeds(
         InputSpec.from_session(session),
@@ -205,7 +205,7 @@ def test_inputs_from_npz_file_and_folder(model, tmp_path):
 @pytest.mark.parametrize("model", ["transformer.onnx"], indirect=True)
 def test_token_id_range_is_inferred_from_the_embedding(model, tmp_path):
     from sparse24_onnx.modelio.load import load_model
-    from sparse24_onnx.validation.feeds import infer_int_ranges
+    from sparse24_onnx.runtime.feeds import infer_int_ranges
 
     assert infer_int_ranges(load_model(model)) == {"input_ids": (0, 100)}
     # Out-of-range ids make onnxruntime's Gather fail: a clear bad-input error, not a traceback.

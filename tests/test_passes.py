@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sparse24_onnx.calibration.methods import GradientMethod, MagnitudeMethod
 from sparse24_onnx.core import decompress, is_24, prune_24_magnitude
+from sparse24_onnx.methods import GradientMethod, MagnitudeMethod
 from sparse24_onnx.modelio.load import load_model
 from sparse24_onnx.passes import PROVENANCE_KEY, FindWeights, Pipeline, PruneWeights, RecordProvenance
 from sparse24_onnx.passes.weights import Status, weight_records

@@ -136,7 +136,7 @@ def test_the_time_cap_bounds_the_checks_too(models_dir):
     # A clock that advances 1 s per look: the checks after the search run out of time, so what was not
     # checked is put back (per layer) or the guard is abandoned, and a warning says so.
     from sparse24_onnx.calibration.capture import collect_stats
-    from sparse24_onnx.calibration.methods import CalibratedMethod
+    from sparse24_onnx.methods.calibrated import CalibratedMethod
     from sparse24_onnx.pipeline import channel_order
 
     model = load_model(models_dir / "cnn_bn.onnx")

@@ -354,7 +354,7 @@ def test_generated_feeds_follow_ids_through_identity_and_size_images(tmp_path):
 
 
 def test_shape_spellings_of_trtexec_and_polygraphy_are_accepted(tmp_path):
-    from sparse24_onnx.validation.feeds import parse_shapes
+    from sparse24_onnx.runtime.feeds import parse_shapes
 
     assert parse_shapes(["x=2x64", "x:2x64", "x:[2,64]", "input:0:[2, 64]", "seq=16"]) == {
         "x": (2, 64),

@@ -7,10 +7,10 @@ import pytest
 
 from sparse24_onnx import prune_model
 from sparse24_onnx.calibration.capture import LayerStats, collect_stats, permute_stats
-from sparse24_onnx.calibration.methods import CalibratedMethod, candidates
 from sparse24_onnx.core import is_24, prune_24_dense
 from sparse24_onnx.core.admm import admm_24, gradual_share
 from sparse24_onnx.core.sparsegpt import layer_output_error
+from sparse24_onnx.methods.calibrated import CalibratedMethod, candidates
 from sparse24_onnx.modelio.load import load_model
 from sparse24_onnx.passes import FindWeights
 from sparse24_onnx.passes.weights import Status, WeightRecord

@@ -1,6 +1,3 @@
-"""Pruning methods and what they learn from data.
-
-``methods`` holds every rule that chooses the kept weights (magnitude and
-gradient, and the calibrated Wanda and SparseGPT), ``capture`` the layer-input
-statistics they need, captured with onnxruntime.
-"""
+"""What the calibrated methods learn from data: each layer input's statistics, captured with onnxruntime
+(``capture``), and what a calibrated run did per layer, summarised (``summary``).  The methods themselves
+are in :mod:`sparse24_onnx.methods`."""

@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from ..passes.op_rules import data_operand
 from ..passes.weights import WeightRecord
-from ..validation.sessions import open_model_session, run_feeds
+from ..runtime.sessions import open_model_session, run_feeds
 
 __all__ = ["LayerStats", "collect_stats", "input_rows", "permute_stats", "stats_bytes"]
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             document["totals"] = report.totals()
             write_json(args.report, {"command": "bench", "backend": "torch", **document})
         return int(ExitCode.OK)
-    from ..validation.feeds import parse_shapes
+    from ..runtime.feeds import parse_shapes
 
     result = run_tensorrt(model, args.precision, args.warmup, args.iterations, parse_shapes(args.shape))
     d, s = result["dense"], result["sparse"]

@@ -25,13 +25,14 @@ import numpy as np
 import onnx_ir as ir
 
 from ..calibration.capture import permute_stats
-from ..calibration.methods import CalibratedMethod, Precomputed, PruneMethod
+from ..methods import CalibratedMethod, Precomputed
 from ..modelio.load import needs_external_data
 from ..passes import PermuteChannels
+from ..passes.prune_weights import PruneMethod
 from ..passes.weights import Declined, Status, WeightRecord, weight_records
-from ..validation.budget import output_error
-from ..validation.feeds import FeedSet
-from ..validation.sessions import open_model_session, run_feeds
+from ..runtime.feeds import FeedSet
+from ..runtime.sessions import open_model_session, run_feeds
+from .layer_budget import output_error
 from .progress import LayerProgress
 
 __all__ = ["SEARCH_SHARE", "Guard", "choose_channel_order"]

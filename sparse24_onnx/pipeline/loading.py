@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from ..errors import BadInput
 from ..modelio.load import load_model
-from ..validation.sessions import onnxruntime_loads
+from ..runtime.sessions import onnxruntime_loads
 
 __all__ = ["input_path", "load_input", "refuse_unmatched"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..validation.feeds import parse_int_ranges, parse_shapes
+from ..runtime.feeds import parse_int_ranges, parse_shapes
 
 __all__ = ["METHODS", "PruneOptions"]
 

@@ -27,27 +27,27 @@ import onnx_ir as ir
 
 from .._version import __version__
 from ..calibration.capture import collect_stats
-from ..calibration.methods import (
+from ..calibration.summary import summarize
+from ..errors import BadInput, ExitCode, ValidationFailed
+from ..methods import (
     CalibratedMethod,
     GradientMethod,
     MagnitudeMethod,
     Precomputed,
-    PruneMethod,
     SequentialMethod,
     load_gradients,
 )
-from ..calibration.summary import summarize
-from ..errors import BadInput, ExitCode, ValidationFailed
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
 from ..passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
+from ..passes.prune_weights import PruneMethod
 from ..passes.weights import Declined, Status, WeightRecord, weight_records
 from ..report import StagedReport, check_report_path, format_table, tensor_entry
-from ..validation.budget import Budget, fit_budget
+from ..runtime.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
+from ..runtime.sessions import open_session, run_feeds, session_provider
 from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
-from ..validation.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
-from ..validation.sessions import open_session, run_feeds, session_provider
 from .channel_order import Guard, choose_channel_order
+from .layer_budget import Budget, fit_budget
 from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
 from .progress import LayerProgress

@@ -7,7 +7,7 @@ model with all the other layers pruned is within the bound (a binary search
 over how many to leave dense, assuming more dense layers never hurt).
 
 Each evaluation writes the model's structure to a temporary file and hands
-onnxruntime the weights as arrays (:func:`~sparse24_onnx.validation.sessions.open_model_session`),
+onnxruntime the weights as arrays (:func:`~sparse24_onnx.runtime.sessions.open_model_session`),
 so models over 2 GiB work too; the model object is left as it was.
 """
 
@@ -24,8 +24,8 @@ import onnx_ir as ir
 
 from ..passes.prune_weights import stored_tensor
 from ..passes.weights import WeightRecord
-from .compare import compare_runs, worst_error
-from .sessions import open_model_session, run_feeds
+from ..runtime.sessions import open_model_session, run_feeds
+from ..validation.compare import compare_runs, worst_error
 
 __all__ = ["Budget", "fit_budget", "output_error"]
 
