@@ -48,7 +48,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "prune_model": "pipeline.prune",
-    "PruneResult": "pipeline.prune",
+    "PruneResult": "pipeline.outcome",
     "check_model": "pipeline.check",
     "CheckResult": "pipeline.check",
     "expand_model": "pipeline.expand",
@@ -58,7 +58,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .pipeline.check import CheckResult, check_model
     from .pipeline.expand import ExpandResult, expand_model
-    from .pipeline.prune import PruneResult, prune_model
+    from .pipeline.outcome import PruneResult
+    from .pipeline.prune import prune_model
 
 
 def __getattr__(name: str) -> object:

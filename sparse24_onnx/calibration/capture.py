@@ -38,7 +38,7 @@ from ..passes.op_rules import data_operand
 from ..passes.weights import WeightRecord
 from ..runtime.sessions import open_model_session, run_feeds
 
-__all__ = ["LayerStats", "collect_stats", "input_rows", "permute_stats", "stats_bytes"]
+__all__ = ["LayerStats", "collect_stats", "input_rows", "memory_budget", "permute_stats", "stats_bytes"]
 
 log = logging.getLogger("sparse24_onnx")
 
@@ -480,3 +480,16 @@ def permute_stats(stats: LayerStats, perm: np.ndarray) -> LayerStats:
         non_finite_rows=stats.non_finite_rows,
         non_finite_feeds=stats.non_finite_feeds,
     )
+
+
+def memory_budget(gib: float | None) -> int:
+    """Bytes of layer statistics held in memory at once: ``gib``, or a quarter of the machine's memory."""
+    import os
+
+    if gib is not None:
+        return int(gib * 2**30)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return max(256 << 20, total // 4)

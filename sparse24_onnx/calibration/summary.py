@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..passes.weights import Status, WeightRecord
 
-__all__ = ["CalibrationSummary", "summarize"]
+__all__ = ["CalibrationSummary", "calibration_entry", "summarize"]
 
 
 @dataclass
@@ -112,3 +112,29 @@ def summarize(records: list[WeightRecord], requested: str, feeds: int, stats: di
                 seen.add(id(found))
                 summary.non_finite.append((name, found.non_finite_rows, list(found.non_finite_feeds)))
     return summary
+
+
+def calibration_entry(
+    records: list[WeightRecord], requested: str, chosen: bool, calibration, stats: dict | None, warnings: list[str]
+) -> dict[str, object]:
+    """The report's ``calibration`` entry; the summary's lines are logged and the warnings among them added
+    to ``warnings`` (``calibration`` is the run's FeedSet, ``chosen``: the method was chosen for the user)."""
+    import logging
+
+    log = logging.getLogger("sparse24_onnx")
+    summary = summarize(records, requested, len(calibration), stats)
+    head, *rest = summary.lines()
+    for line, loud in ((head, summary.got < summary.layers), *((line, True) for line in rest)):
+        if loud:
+            warnings.append(line)
+            log.warning("%s", line)
+        else:
+            log.info("%s", line)
+    return {
+        "source": calibration.source,
+        "feeds": len(calibration),
+        "inputs": calibration.inputs,
+        "method": requested,
+        "method_chosen": chosen,
+        "summary": summary.as_dict(),
+    }

@@ -6,7 +6,7 @@ which rule chose the kept elements.  ``basic`` holds those that need no data,
 ``calibrated`` those that learn from the calibration statistics.
 """
 
-from .basic import GradientMethod, MagnitudeMethod, Precomputed, load_gradients
+from .basic import GradientMethod, MagnitudeMethod, Precomputed, load_gradients, uncalibrated_method
 from .calibrated import ADMMMethod, CalibratedMethod, SequentialMethod, SparseGPTMethod, WandaMethod
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "SparseGPTMethod",
     "WandaMethod",
     "load_gradients",
+    "uncalibrated_method",
 ]

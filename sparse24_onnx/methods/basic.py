@@ -13,7 +13,7 @@ from ..errors import BadInput
 from ..passes.prune_weights import PruneMethod
 from ..passes.weights import NOT_FINITE, Declined, WeightRecord
 
-__all__ = ["GradientMethod", "MagnitudeMethod", "Precomputed", "load_gradients"]
+__all__ = ["GradientMethod", "MagnitudeMethod", "Precomputed", "load_gradients", "uncalibrated_method"]
 
 
 class MagnitudeMethod:
@@ -82,3 +82,18 @@ class Precomputed:
         if record.name not in self.results:
             return self.inner.prune(record, weights, out)
         return self.results[record.name]
+
+
+def uncalibrated_method(
+    method: str, gradients: str | os.PathLike | Mapping[str, np.ndarray] | None, names: set[str], warnings: list[str]
+) -> MagnitudeMethod | GradientMethod:
+    """Magnitude, or gradient with its gradients opened; gradients that match no weight (``names``) are said."""
+    if method != "gradient":
+        return MagnitudeMethod()
+    if isinstance(gradients, (str, os.PathLike)):
+        gradients = load_gradients(gradients)
+    unknown = sorted(set(gradients) - names) if hasattr(gradients, "keys") else []
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        warnings.append(f"--gradients: {len(unknown)} key(s) match no weight of the model ({shown})")
+    return GradientMethod(gradients)

@@ -54,7 +54,6 @@ _INTEGER_OPS = {
 }
 
 
-
 @dataclass(frozen=True)
 class WeightUse:
     """One use of a weight by a MatMul/Gemm/Conv weight slot.

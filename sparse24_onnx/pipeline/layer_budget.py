@@ -13,8 +13,10 @@ so models over 2 GiB work too; the model object is left as it was.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ..passes.prune_weights import stored_tensor
-from ..passes.weights import WeightRecord
+from ..methods import Precomputed
+from ..passes.prune_weights import PruneMethod, stored_tensor
+from ..passes.weights import Declined, Status, WeightRecord, weight_records
 from ..runtime.sessions import open_model_session, run_feeds
 from ..validation.compare import compare_runs, worst_error
 
-__all__ = ["Budget", "fit_budget", "output_error"]
+__all__ = ["Budget", "fit_budget", "leave_sensitive_dense", "output_error"]
 
 
 @dataclass
@@ -134,3 +137,43 @@ def output_error(
             record.source.replace(tensor)
     worst = worst_error(compare_runs(output_names, reference, outputs))
     return math.inf if math.isnan(worst) else worst
+
+
+def leave_sensitive_dense(
+    model: ir.Model,
+    method: PruneMethod,
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    output_names: list[str],
+    bound: float,
+) -> tuple[Budget, Precomputed]:
+    """``--auto-exclude``: prune every candidate (with progress), measure sensitivities, and skip the fewest
+    most sensitive ones (deliberately: ``check`` accepts them); the method comes back with the results reused."""
+    from .progress import LayerProgress
+
+    log = logging.getLogger("sparse24_onnx")
+    candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
+    results = {}
+    started = time.monotonic()
+    progress = LayerProgress("pruning for the sensitivity search")
+    try:
+        for done, record in enumerate(candidates):
+            progress(done, len(candidates), record)
+            try:
+                results[record.name] = method.prune(record, record.real(record.source.tensor.numpy()))
+            except Declined:
+                continue
+    finally:
+        progress.finish()
+    candidates = [r for r in candidates if r.name in results]
+    log.info("measuring the sensitivity of %d layers", len(candidates))
+    budget = fit_budget(model, candidates, results, feeds, reference, output_names, bound, progress=log.info)
+    rank = {name: i + 1 for i, name in enumerate(budget.dense)}
+    for record in candidates:
+        if record.name in rank:
+            record.skip(
+                f"left dense by --auto-exclude: pruned alone it moves the output by "
+                f"{budget.sensitivity[record.name]:.3g} (most sensitive {rank[record.name]} of {len(candidates)})",
+                deliberate=True,
+            )
+    return budget, Precomputed(method, results, seconds=time.monotonic() - started)
