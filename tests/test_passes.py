@@ -109,3 +109,14 @@ def test_nan_weights_are_skipped(models_dir):
     records = {r.name: r for r in weight_records(model)}
     assert records["fc1.weight"].reason == "contains NaN or Inf"
     assert records["fc0.weight"].status == Status.PRUNED
+
+
+def test_passes_that_need_the_weight_records_refuse_to_run_without_them(models_dir):
+    from onnx_ir.passes import PreconditionError
+
+    from sparse24_onnx.passes import CompressWeights, PermuteChannels
+
+    for step in (PruneWeights(MagnitudeMethod()), CompressWeights(), PermuteChannels(), RecordProvenance("m")):
+        model = load_model(models_dir / "mlp.onnx")
+        with pytest.raises(PreconditionError, match="needs FindWeights"):
+            step(model)

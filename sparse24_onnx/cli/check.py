@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
+from ..choices import TC_SHAPES
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
@@ -32,7 +33,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tc-shapes",
-        choices=("strict", "relaxed", "off"),
+        choices=TC_SHAPES,
         help="which shapes count as eligible (see optimize --help); default: the rule the model was optimized "
         "with (its sparse24 metadata), else strict",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
+from ..choices import FORMATS, METHODS, TC_SHAPES
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
@@ -30,7 +31,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("output", metavar="OUT", help="where to write the pruned model")
     parser.add_argument(
         "--method",
-        choices=("magnitude", "gradient", "wanda", "sparsegpt", "admm"),
+        choices=METHODS,
         default=None,
         help="how the kept weights are chosen: |w| (default without --calibration); |w*g| with --gradients; "
         "with --calibration: wanda (|w| * ||x||), sparsegpt (Hessian-aware, kept weights updated; recommended, "
@@ -86,14 +87,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tc-shapes",
-        choices=("strict", "relaxed", "off"),
+        choices=TC_SHAPES,
         default="strict",
         help="skip weights whose shape no Sparse Tensor Core tile fits: strict (default) needs the reduction "
         "length %%16 and the output length %%8, relaxed only the first, off prunes every multiple of 4",
     )
     parser.add_argument(
         "--format",
-        choices=("dense", "compressed"),
+        choices=FORMATS,
         default="dense",
         help="dense: pruned weights with their zeros, what TensorRT reads (default); compressed: kept values + "
         "2-bit positions and a decompression subgraph: each pruned weight takes about half its dense size (weights "

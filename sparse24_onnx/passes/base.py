@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassBase
+from onnx_ir.passes import InPlacePass, PassBase, PreconditionError
 from onnx_ir.passes import PassResult as _IRPassResult
 
-from .weights import WeightRecord
+from .weights import META_KEY, WeightRecord
 
-__all__ = ["InPlacePass", "PassResult", "Pipeline", "PipelineResult"]
+__all__ = ["InPlacePass", "NeedsWeights", "PassResult", "Pipeline", "PipelineResult"]
 
 
 @dataclass
@@ -59,3 +59,12 @@ class Pipeline(PassBase):
             model = result.model
             modified = modified or result.modified
         return PipelineResult(model, modified, steps)
+
+
+class NeedsWeights(InPlacePass):
+    """A pass that works on the weight records :class:`~sparse24_onnx.passes.FindWeights` attaches: without
+    them it would silently do nothing, so it refuses to run (onnx-ir's ``requires`` hook)."""
+
+    def requires(self, model: ir.Model) -> None:
+        if META_KEY not in model.meta:
+            raise PreconditionError(f"{type(self).__name__} needs FindWeights to have run on the model first")

@@ -21,14 +21,14 @@ from ..modelio.compressed import (
     VALUES_SUFFIX,
     InitializerEdits,
 )
-from .base import InPlacePass, PassResult
+from .base import NeedsWeights, PassResult
 from .prune_weights import InMemory, TensorSink
 from .weights import Declined, InitializerSource, Status, WeightRecord, weight_records
 
 __all__ = ["CompressWeights", "CompressedWeight", "compress_record"]
 
 
-class CompressWeights(InPlacePass):
+class CompressWeights(NeedsWeights):
     """Replace each pruned weight by its kept values, its metadata and a decompression subgraph.
 
     A weight that cannot be stored so (a model below opset 9, say) stays dense,

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
+from ..choices import TC_SHAPES
 from ..errors import BadInput
 from .base import InPlacePass, PassResult
 from .weights import (
@@ -21,10 +22,8 @@ from .weights import (
     trace_uses,
 )
 
-__all__ = ["TC_SHAPES", "FindWeights"]
+__all__ = ["FindWeights"]
 
-#: Shape rules for Sparse Tensor Cores, strictest first.
-TC_SHAPES = ("strict", "relaxed", "off")
 
 
 class FindWeights(InPlacePass):

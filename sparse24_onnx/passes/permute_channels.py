@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..core.permutation import search_permutation
-from .base import InPlacePass, PassResult
+from .base import NeedsWeights, PassResult
 from .op_rules import data_operand, output_channel_operands
 from .weights import ConstantNodeSource, InitializerSource, Status, WeightRecord, weight_records
 
@@ -233,7 +233,7 @@ def _batch_norm_scale(nodes: list[ir.Node], channels: int) -> np.ndarray | None:
 Importance = Callable[[WeightRecord, np.ndarray], "np.ndarray | None"]
 
 
-class PermuteChannels(InPlacePass):
+class PermuteChannels(NeedsWeights):
     """Reorder the channels between layer pairs so that 2:4 pruning keeps more magnitude.
 
     Runs after :class:`FindWeights` and before :class:`PruneWeights`.  For every

@@ -10,13 +10,13 @@ import onnx_ir as ir
 from .._version import __version__
 from ..modelio.compressed import FORMAT_VERSION
 from ..modelio.provenance import PROVENANCE_KEY, read_provenance
-from .base import InPlacePass, PassResult
+from .base import NeedsWeights, PassResult
 from .weights import Status, weight_records
 
 __all__ = ["PROVENANCE_KEY", "RecordProvenance", "read_provenance"]
 
 
-class RecordProvenance(InPlacePass):
+class RecordProvenance(NeedsWeights):
     """Write a ``sparse24`` JSON entry into the model's ``metadata_props``.
 
     The entry holds the tool and version, the method, the storage format, for

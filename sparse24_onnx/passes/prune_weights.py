@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from ..core import DenseMetrics
 from ..core.quantized import QuantGrid
-from .base import InPlacePass, PassResult
+from .base import NeedsWeights, PassResult
 from .weights import NOT_FINITE, Declined, Status, WeightRecord, weight_records
 
 __all__ = ["InMemory", "PruneMethod", "PruneWeights", "TensorSink"]
@@ -68,7 +68,7 @@ class InMemory:
         return None
 
 
-class PruneWeights(InPlacePass):
+class PruneWeights(NeedsWeights):
     """Replace each candidate weight by its dense 2:4-pruned version.
 
     The dense layout (pruned elements stored as zeros) is what TensorRT reads;

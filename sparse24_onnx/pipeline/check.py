@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from .._version import __version__
+from ..choices import TC_SHAPES
 from ..core import count_dense_groups
 from ..errors import BadInput, ExitCode
 from ..modelio.compressed import compressed_entries, read_sparse_weights
 from ..modelio.load import external_files
 from ..modelio.provenance import read_provenance
 from ..passes import FindWeights
-from ..passes.find_weights import TC_SHAPES
 from ..passes.weights import Status, WeightRecord, all_graphs, data_problem
 from ..report import check_report_path, format_table, tensor_entry, write_json
 from .loading import input_path, load_input, refuse_unmatched

@@ -16,19 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import CALIBRATED, FORMATS, METHODS, RECOMMENDED
 from ..errors import BadInput
 from ..runtime.feeds import parse_int_ranges, parse_shapes
 
 __all__ = ["METHODS", "PruneOptions"]
-
-#: Pruning methods: how the kept weights of each group of 4 are chosen.
-METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
-#: Methods that need calibration data.
-CALIBRATED = ("wanda", "sparsegpt", "admm")
-#: The calibrated method used when calibration data comes without a method (measured: docs/methods.md).
-RECOMMENDED = "sparsegpt"
-#: Storage formats of the pruned weights.
-FORMATS = ("dense", "compressed")
 
 Feeds = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
 

@@ -73,6 +73,11 @@ def _ort():
     return ort
 
 
+def _providers(ort) -> list[str]:
+    """The execution providers to ask for: the one place ``SPARSE24_PROVIDERS`` is read."""
+    return choose_providers(ort.get_available_providers(), os.environ.get("SPARSE24_PROVIDERS"))
+
+
 def _options(ort):
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET
@@ -88,9 +93,8 @@ def open_session(path: str | os.PathLike, *, role: str):
             is a bug and raised as ``RuntimeError``.
     """
     ort = _ort()
-    providers = choose_providers(ort.get_available_providers(), os.environ.get("SPARSE24_PROVIDERS"))
     try:
-        return ort.InferenceSession(str(path), _options(ort), providers=providers)
+        return ort.InferenceSession(str(path), _options(ort), providers=_providers(ort))
     except Exception as error:
         reason = clean_message(error)
         if role == "input":
@@ -133,13 +137,23 @@ def open_model_session(model, path: str | os.PathLike):
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays.values()]
     if arrays:
         options.add_external_initializers(list(arrays), values)
-    providers = choose_providers(ort.get_available_providers(), os.environ.get("SPARSE24_PROVIDERS"))
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=_providers(ort))
     except Exception as error:
         raise RuntimeError(f"onnxruntime cannot load a model the tool wrote: {clean_message(error)}") from None
-    session._sparse24_keep = (arrays, values)  # the OrtValues borrow these buffers: keep both with the session
-    return session
+    return OwningSession(session, (arrays, values))
+
+
+class OwningSession:
+    """An onnxruntime session together with the arrays its initializers borrow (the OrtValues point into
+    them), so that they live exactly as long as the session; everything else is the session's own."""
+
+    def __init__(self, session, borrowed: object) -> None:
+        self._session = session
+        self._borrowed = borrowed
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 def session_provider(session) -> str:

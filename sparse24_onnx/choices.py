@@ -1,0 +1,17 @@
+"""The values an option can take, said once for the library and the command line (standard library only,
+so that ``sparse24 --help`` stays fast)."""
+
+from __future__ import annotations
+
+__all__ = ["CALIBRATED", "FORMATS", "METHODS", "RECOMMENDED", "TC_SHAPES"]
+
+#: Pruning methods: how the kept weights of each group of 4 are chosen.
+METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
+#: Methods that need calibration data.
+CALIBRATED = ("wanda", "sparsegpt", "admm")
+#: The calibrated method used when calibration data comes without a method (measured: docs/methods.md).
+RECOMMENDED = "sparsegpt"
+#: Storage formats of the pruned weights.
+FORMATS = ("dense", "compressed")
+#: Shape rules for Sparse Tensor Cores, strictest first.
+TC_SHAPES = ("strict", "relaxed", "off")
