@@ -31,7 +31,7 @@ class FindWeights(InPlacePass):
 
     Looks at the initializers of every graph and subgraph and at ``Constant``
     nodes everywhere (model-local functions included).  Each weight gets a
-    :class:`~sparse24_onnx.weights.WeightRecord`, ``candidate`` (to be pruned
+    :class:`~sparse24_onnx.passes.weights.WeightRecord`, ``candidate`` (to be pruned
     along ``record.axis``) or ``skipped`` with a one-line reason.  The list is
     stored in ``model.meta`` for the passes after this one; the model itself is
     not changed.

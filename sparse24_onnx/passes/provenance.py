@@ -22,7 +22,7 @@ class RecordProvenance(NeedsWeights):
     The entry holds the tool and version, the method, the storage format, for
     every pruned tensor the axis its groups of 4 run along (and, in the
     compressed format, where its values and metadata are: see
-    :mod:`sparse24_onnx.compressed`), and the weights left dense on purpose
+    :mod:`sparse24_onnx.modelio.compressed`), and the weights left dense on purpose
     (``--exclude``) with the reason, which ``check`` accepts::
 
         {"tool": "sparse24-onnx", "version": "0.1.0", "method": "magnitude",

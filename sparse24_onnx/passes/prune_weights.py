@@ -47,7 +47,7 @@ class PruneMethod(Protocol):
 
 
 class TensorSink(Protocol):
-    """Where pruned tensors go (see :class:`~sparse24_onnx.model_io.StagedOutput`)."""
+    """Where pruned tensors go (see :class:`~sparse24_onnx.modelio.staging.StagedOutput`)."""
 
     def store(self, tensor: ir.TensorProtocol) -> ir.TensorProtocol:
         """Keep ``tensor``; return what the model should hold instead (itself, or a reference to it)."""
