@@ -15,7 +15,7 @@ from .errors import BadInput
 from .passes.weights import Status, WeightRecord
 from .validation.compare import OutputComparison
 
-__all__ = ["StagedReport", "check_report_path", "format_table", "tensor_entry", "write_json"]
+__all__ = ["StagedReport", "check_report_path", "format_table", "report_header", "tensor_entry", "write_json"]
 
 _METRIC_FIELDS = (
     "pruned_count",
@@ -95,6 +95,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def report_header(command: str) -> dict[str, object]:
+    """The fields every report starts with: which tool, which version, which command."""
+    return {"tool": "sparse24-onnx", "version": __version__, "command": command}
 
 
 def _json_text(document: dict[str, object]) -> str:

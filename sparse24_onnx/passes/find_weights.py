@@ -25,7 +25,6 @@ from .weights import (
 __all__ = ["FindWeights"]
 
 
-
 class FindWeights(InPlacePass):
     """Record every constant tensor used as a MatMul/Gemm/Conv weight, and what to do with it.
 

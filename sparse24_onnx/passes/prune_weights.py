@@ -130,7 +130,6 @@ class PruneWeights(NeedsWeights):
         if not metrics.finite:
             record.skip(NOT_FINITE)
             return
-        record.metrics = metrics.result()
         result = ir.Tensor(
             pruned if grid is None else stored,
             dtype=tensor.dtype,
@@ -138,8 +137,7 @@ class PruneWeights(NeedsWeights):
             doc_string=tensor.doc_string,
             metadata_props=dict(tensor.metadata_props) or None,
         )
-        record.source.replace(self.sink.store(result))
-        record.status = Status.PRUNED
+        _pruned(record, metrics, self.sink.store(result))
 
     def _prune_streaming(self, record: WeightRecord, tensor: ir.ExternalTensor, writer) -> None:
         dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
@@ -179,15 +177,20 @@ class PruneWeights(NeedsWeights):
                     record.skip(NOT_FINITE)
                     return
                 writer.write(pruned if grid is not None else result)
-        record.metrics = metrics.result()
-        record.source.replace(writer.finish())
-        record.status = Status.PRUNED
+        _pruned(record, metrics, writer.finish())
 
     def _block_buffers(self, nbytes: int) -> tuple[np.ndarray, np.ndarray]:
         """Two byte buffers of at least ``nbytes``, kept across weights so their pages are reused."""
         if self._buffers is None or self._buffers[0].nbytes < nbytes:
             self._buffers = (np.empty(nbytes, dtype=np.uint8), np.empty(nbytes, dtype=np.uint8))
         return self._buffers
+
+
+def _pruned(record: WeightRecord, metrics: DenseMetrics, stored: ir.TensorProtocol) -> None:
+    """The tail both routes share: the metrics, the tensor in the model, the status."""
+    record.metrics = metrics.result()
+    record.source.replace(stored)
+    record.status = Status.PRUNED
 
 
 def stored_tensor(record: WeightRecord, tensor: ir.TensorProtocol, pruned: np.ndarray) -> ir.Tensor:

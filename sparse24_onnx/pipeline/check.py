@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from .._version import __version__
 from ..choices import TC_SHAPES
 from ..core import count_dense_groups
 from ..errors import BadInput, ExitCode
@@ -24,7 +23,7 @@ from ..modelio.load import external_files
 from ..modelio.provenance import read_provenance
 from ..passes import FindWeights
 from ..passes.weights import Status, WeightRecord, all_graphs, data_problem
-from ..report import check_report_path, format_table, tensor_entry, write_json
+from ..report import check_report_path, format_table, report_header, tensor_entry, write_json
 from .loading import input_path, load_input, refuse_unmatched
 
 __all__ = ["CheckResult", "check_model"]
@@ -118,9 +117,7 @@ def check_model(
     # sparse model: the gate must not pass it as "all 0 eligible weights are 2:4".
     exit_code = ExitCode.FAILED_CHECK if failing or (on_purpose and not sparse) else ExitCode.OK
     document = {
-        "tool": "sparse24-onnx",
-        "version": __version__,
-        "command": "check",
+        **report_header("check"),
         "model": label,
         "tc_shapes": rule,
         "summary": {

@@ -51,8 +51,16 @@ class Budget:
 
     @property
     def all_dense(self) -> bool:
-        """Every weight had to stay dense: no pruning meets the bound."""
-        return len(self.dense) == len(self.sensitivity)
+        """Every weight had to stay dense: no pruning meets the bound (and there was a weight to prune)."""
+        return bool(self.sensitivity) and len(self.dense) == len(self.sensitivity)
+
+    def unmet(self, option: str, bound: str) -> str:
+        """Why a budget that leaves every weight dense fails the run, in one line (option and bound as spelled)."""
+        least = min(self.sensitivity.values())
+        return (
+            f"{option}: no weight can be pruned within {bound}: the least sensitive of the "
+            f"{len(self.sensitivity)} weights moves the output by {least:.3g} when pruned alone"
+        )
 
 
 def fit_budget(

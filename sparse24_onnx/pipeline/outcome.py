@@ -7,10 +7,9 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from .._version import __version__
 from ..errors import ExitCode
 from ..passes.weights import Status, WeightRecord
-from ..report import format_table, tensor_entry
+from ..report import format_table, report_header, tensor_entry
 from ..validation.compare import OutputComparison
 from .layer_budget import Budget
 from .options import PruneOptions
@@ -77,9 +76,7 @@ def build_report(
     """The report document (the ``--report`` JSON); ``written``: (final, staged) path of each file OUT takes."""
     inputs = [run.input, *sorted(run.input_files)]
     return {
-        "tool": "sparse24-onnx",
-        "version": __version__,
-        "command": "optimize",
+        **report_header("optimize"),
         "input": run.label,
         "output": str(run.output) if written else None,
         "files": [str(final) for final, _ in written],

@@ -128,12 +128,9 @@ class _PruneRun:
             log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
             staged.save(model)
             outcome = None if reference is None else validate_output(staged.path, records, reference, options)
-            if outcome is not None and budget is not None and budget.sensitivity and budget.all_dense:
+            if outcome is not None and budget is not None and budget.all_dense:
                 outcome.fail(
-                    f"{options.spell('auto_exclude')}: no weight can be pruned within "
-                    f"{options.given('max_rel_error', options.max_rel_error)}: the least sensitive of the "
-                    f"{len(budget.sensitivity)} weights moves the output by {min(budget.sensitivity.values()):.3g} "
-                    "when pruned alone"
+                    budget.unmet(options.spell("auto_exclude"), options.given("max_rel_error", options.max_rel_error))
                 )
             writes = outcome is None or outcome.passed is not False
             entry = None if outcome is None else outcome.as_dict()

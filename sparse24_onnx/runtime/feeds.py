@@ -75,6 +75,8 @@ _NARROW_FLOATS = frozenset(
 )
 #: Length given to sequence-like dynamic dimensions that ``--shape`` does not set.
 SEQUENCE_LENGTH = 16
+#: What ``assumed`` says of a dynamic dimension nothing told the size of (warned about, by identity).
+DEFAULTED = "1: not set by --shape"
 #: Height and width given to the dynamic spatial dimensions of image-like inputs.
 IMAGE_SIZE = 224
 #: Generated feeds larger than this in all are refused (the estimate is given).
@@ -269,6 +271,12 @@ def _check_shape_names(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]
             raise BadInput(f"--shape {name}: no input or named dimension {name!r}; inputs are {choices}")
 
 
+def _is_cache_length(spec: InputSpec, axis: int, d: int | str | None, cache_dims: set[str]) -> bool:
+    """Whether dimension ``d`` (at ``axis``) of a cache input is its cache length: an unnamed dynamic
+    dimension after the batch, or a name only caches have (the one rule, for generated and loaded feeds)."""
+    return spec.cache and ((d is None and axis > 0) or d in cache_dims)
+
+
 def _cache_dims(specs: list[InputSpec]) -> set[str]:
     """Named dimensions that only cache inputs have (their cache length), batch-like names excepted."""
     in_cache = {d for s in specs if s.cache for d in s.dims if isinstance(d, str) and not _BATCH_NAME.search(d)}
@@ -300,7 +308,7 @@ def _resolve_dims(
             if len(shapes[d]) != 1:
                 raise BadInput(f"--shape {d}=...: {d} is a single dimension, give one number")
             dims.append(shapes[d][0])
-        elif spec.cache and ((d is None and axis > 0) or d in cache_dims):
+        elif _is_cache_length(spec, axis, d, cache_dims):
             dims.append(0)
             assumed[label] = "0: empty key/value cache, as for a prompt's first step"
         elif isinstance(d, str) and _SEQUENCE_NAME.search(d) and not _BATCH_NAME.search(d):
@@ -308,7 +316,7 @@ def _resolve_dims(
             assumed[label] = f"{SEQUENCE_LENGTH}: a sequence length, so that attention sees several positions"
         else:
             dims.append(1)
-            assumed[label] = "1: not set by --shape"
+            assumed[label] = DEFAULTED
     return tuple(dims)
 
 
@@ -425,7 +433,7 @@ def generate_feeds(
             entry["assumed"] = assumed
         described.inputs.append(entry)
         for label, why in assumed.items():
-            if why.startswith("1:"):
+            if why is DEFAULTED:
                 key = f"{label} of {spec.name!r}" if label.startswith("axis") else label
                 defaulted.setdefault(key, []).append(spec.name)
     if defaulted:
@@ -631,7 +639,7 @@ def _empty_cache(spec: InputSpec, arrays: Mapping[str, object], specs: list[Inpu
             dims.append(d)
         elif isinstance(d, str) and d in known:
             dims.append(known[d])
-        elif d in cache_dims or (d is None and axis > 0):
+        elif _is_cache_length(spec, axis, d, cache_dims):
             dims.append(0)
         else:
             dims.append(1)
