@@ -238,10 +238,11 @@ def format_table(records: Iterable[WeightRecord], comparisons: list[OutputCompar
     if comparisons:
         out_width = max([len("output")] + [len(c.name) for c in comparisons])
         lines.append("")
-        lines.append(f"{'output':<{out_width}}  {'max|Δ|':>10}  {'rel L2':>10}  {'cosine':>10}")
+        lines.append(f"{'output':<{out_width}}  {'max|Δ|':>10}  {'rel L2':>10}  {'cosine':>10}  {'top-1 agree':>11}")
         for c in comparisons:
+            top1 = f"{c.top1_agreement:>11.4f}" if c.top1_agreement is not None else f"{'-':>11}"
             lines.append(
                 f"{c.name:<{out_width}}  {c.max_abs_error:>10.4g}  {c.rel_l2_error:>10.4g}  "
-                f"{c.cosine_similarity:>10.6f}"
+                f"{c.cosine_similarity:>10.6f}  {top1}"
             )
     return "\n".join(lines)

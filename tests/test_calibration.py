@@ -231,7 +231,7 @@ def test_auto_exclude_needs_a_bound(models_dir, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "--auto-exclude needs --max-rel-error" in result.stderr
+    assert "--auto-exclude needs a gate to meet: --max-rel-error" in result.stderr
 
 
 def test_auto_exclude_works_on_a_model_over_the_protobuf_limit(models_dir, tmp_path, monkeypatch):

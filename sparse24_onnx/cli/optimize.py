@@ -148,16 +148,33 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     validation.add_argument(
         "--max-rel-error",
-        type=float,
-        metavar="X",
-        help="fail (exit 1, OUT not written) when an output's relative L2 error exceeds X, or when the "
-        "validation witnessed nothing; no bound by default",
+        action="append",
+        default=[],
+        metavar="[OUTPUT=]X",
+        help="fail (exit 1, OUT not written) when the relative L2 error of any output (or of OUTPUT) exceeds X, "
+        "or when the validation witnessed nothing; repeatable; no bound by default",
+    )
+    validation.add_argument(
+        "--min-cosine",
+        action="append",
+        default=[],
+        metavar="[OUTPUT=]X",
+        help="fail when the cosine similarity of any output (or of OUTPUT) to the original's is below X (an "
+        "embedder's gate); repeatable",
+    )
+    validation.add_argument(
+        "--min-top1-agreement",
+        action="append",
+        default=[],
+        metavar="[OUTPUT=]X",
+        help="fail when the share of positions whose argmax along the last axis agrees with the original's "
+        "is below X for any output (or OUTPUT) that has one (a classifier's gate); repeatable",
     )
     validation.add_argument(
         "--auto-exclude",
         action="store_true",
-        help="with --max-rel-error: leave the most sensitive layers dense, as few as possible, until the "
-        "validation error is within the bound",
+        help="with a gate (--max-rel-error, --min-cosine, --min-top1-agreement): leave the most sensitive layers "
+        "dense, as few as possible, until every gate holds",
     )
     parser.add_argument(
         "--report", metavar="PATH.json", help="write the JSON report there ('-': stdout, the table then on stderr)"
@@ -191,7 +208,9 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "int_ranges": args.int_range,
         "seed": args.seed,
         "num_feeds": args.num_feeds,
-        "max_rel_error": args.max_rel_error,
+        "max_rel_error": args.max_rel_error or None,
+        "min_cosine": args.min_cosine or None,
+        "min_top1_agreement": args.min_top1_agreement or None,
         "auto_exclude": args.auto_exclude,
         "report": args.report,
         "spelling": "cli",

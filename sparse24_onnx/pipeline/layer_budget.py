@@ -28,7 +28,8 @@ from ..methods import Precomputed
 from ..passes.prune_weights import PruneMethod, stored_tensor
 from ..passes.weights import Declined, Status, WeightRecord, weight_records
 from ..runtime.sessions import open_model_session, run_feeds
-from ..validation.compare import compare_runs, worst_error
+from ..validation.compare import OutputComparison, compare_runs, worst_error
+from ..validation.gates import Gate, violation
 
 __all__ = ["Budget", "fit_budget", "leave_sensitive_dense", "output_error"]
 
@@ -48,6 +49,8 @@ class Budget:
     dense: list[str]
     error: float
     evaluations: int
+    #: What the numbers are: ``error`` (relative L2) or ``violation`` (of the gates: 1 is at the bound).
+    scale: str = "error"
 
     @property
     def all_dense(self) -> bool:
@@ -57,9 +60,14 @@ class Budget:
     def unmet(self, option: str, bound: str) -> str:
         """Why a budget that leaves every weight dense fails the run, in one line (option and bound as spelled)."""
         least = min(self.sensitivity.values())
+        effect = (
+            f"moves the output by {least:.3g}"
+            if self.scale == "error"
+            else f"takes the gates {least:.3g} times as far as they allow"
+        )
         return (
             f"{option}: no weight can be pruned within {bound}: the least sensitive of the "
-            f"{len(self.sensitivity)} weights moves the output by {least:.3g} when pruned alone"
+            f"{len(self.sensitivity)} weights {effect} when pruned alone"
         )
 
 
@@ -70,10 +78,10 @@ def fit_budget(
     feeds: list[dict[str, np.ndarray]],
     reference: list[list[np.ndarray]],
     output_names: list[str],
-    bound: float,
+    bound: float | list[Gate],
     progress: Callable[[str], None] | None = None,
 ) -> Budget:
-    """Choose the fewest most-sensitive weights to leave dense for an output error within ``bound``.
+    """Choose the fewest most-sensitive weights to leave dense so that every gate holds.
 
     Args:
         model: The model (its weights still dense).
@@ -81,16 +89,20 @@ def fit_budget(
         pruned: Each weight's pruned array, by name.
         feeds: Validation feeds; ``reference`` the dense model's outputs on them.
         output_names: The model's outputs, in order.
-        bound: The largest relative L2 error allowed on any output.
+        bound: The largest relative L2 error allowed on any output, or the gates: with a single
+            ``max_rel_error`` gate on every output the scores are relative L2 errors, else
+            :func:`~sparse24_onnx.validation.gates.violation` (at most 1 when every gate holds).
         progress: Optional callback for progress lines.
     """
     evaluations = 0
+    score, bound = _scorer(bound)
+    scale = "error" if score is _worst else "violation"
 
     def error_with(names: set[str]) -> float:
         nonlocal evaluations
         evaluations += 1
         chosen = [r for r in records if r.name in names]
-        return output_error(model, chosen, pruned, feeds, reference, output_names)
+        return score(output_comparisons(model, chosen, pruned, feeds, reference, output_names))
 
     sensitivity = {}
     for i, record in enumerate(records):
@@ -101,7 +113,7 @@ def fit_budget(
     everything = set(order)
     errors = {0: error_with(everything)}
     if errors[0] <= bound:
-        return Budget(sensitivity, [], errors[0], evaluations)
+        return Budget(sensitivity, [], errors[0], evaluations, scale)
     low, high = 0, len(order)  # low: known above the bound; high: all dense, error 0
     errors[high] = 0.0
     while high - low > 1:
@@ -113,7 +125,23 @@ def fit_budget(
             high = middle
         else:
             low = middle
-    return Budget(sensitivity, order[:high], errors[high], evaluations)
+    return Budget(sensitivity, order[:high], errors[high], evaluations, scale)
+
+
+def _scorer(bound: float | list[Gate]) -> tuple[Callable[[list[OutputComparison]], float], float]:
+    """How a trial is scored and the score's limit: relative L2 errors for one ``max_rel_error`` on every
+    output (what the report's sensitivities have always been), else the gates' violation against 1."""
+    if isinstance(bound, list) and len(bound) == 1 and bound[0].option == "max_rel_error" and not bound[0].output:
+        bound = bound[0].bound
+    if not isinstance(bound, list):
+        return _worst, float(bound)
+    gates = bound
+    return (lambda comparisons: violation(gates, comparisons)), 1.0
+
+
+def _worst(comparisons: list[OutputComparison]) -> float:
+    worst = worst_error(comparisons)
+    return math.inf if math.isnan(worst) else worst
 
 
 def output_error(
@@ -124,11 +152,23 @@ def output_error(
     reference: list[list[np.ndarray]],
     output_names: list[str],
 ) -> float:
-    """The worst relative output error of ``model`` with ``records``' weights replaced by their ``pruned`` values.
+    """The worst relative output error of ``model`` with ``records``' weights replaced by their ``pruned``
+    values (inf when an output is NaN)."""
+    return _worst(output_comparisons(model, records, pruned, feeds, reference, output_names))
+
+
+def output_comparisons(
+    model: ir.Model,
+    records: list[WeightRecord],
+    pruned: dict[str, np.ndarray],
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    output_names: list[str],
+) -> list[OutputComparison]:
+    """How far each output of ``model`` moves with ``records``' weights replaced by their ``pruned`` values.
 
     ``pruned`` holds what a method returns (real values; quantized weights are
-    put back on their grid).  The model is restored afterwards; inf when an
-    output is NaN.
+    put back on their grid).  The model is restored afterwards.
     """
     swapped = []
     try:
@@ -143,8 +183,7 @@ def output_error(
     finally:
         for record, tensor in swapped:
             record.source.replace(tensor)
-    worst = worst_error(compare_runs(output_names, reference, outputs))
-    return math.inf if math.isnan(worst) else worst
+    return compare_runs(output_names, reference, outputs)
 
 
 def leave_sensitive_dense(
@@ -153,7 +192,7 @@ def leave_sensitive_dense(
     feeds: list[dict[str, np.ndarray]],
     reference: list[list[np.ndarray]],
     output_names: list[str],
-    bound: float,
+    bound: float | list[Gate],
 ) -> tuple[Budget, Precomputed]:
     """``--auto-exclude``: prune every candidate (with progress), measure sensitivities, and skip the fewest
     most sensitive ones (deliberately: ``check`` accepts them); the method comes back with the results reused."""

@@ -19,10 +19,14 @@ import numpy as np
 from ..choices import CALIBRATED, FORMATS, METHODS, RECOMMENDED
 from ..errors import BadInput
 from ..runtime.feeds import parse_int_ranges, parse_shapes
+from ..validation.gates import GATE_OPTIONS, Gate, parse_bounds
 
 __all__ = ["METHODS", "PruneOptions"]
 
 Feeds = str | os.PathLike | Sequence[Mapping[str, np.ndarray]]
+#: A gate's bound: one number for every output, ``{output (None: every output): number}``, or from the
+#: command line ``[OUTPUT=]NUMBER`` strings.
+Bounds = float | Mapping[str | None, float] | Sequence[str]
 
 #: Command-line flags whose spelling is not ``--`` + the option's name with dashes.
 CLI_FLAGS = {
@@ -62,7 +66,9 @@ class PruneOptions:
     int_ranges: Mapping[str | None, tuple[int, int]] | Sequence[str] = field(default_factory=dict)
     seed: int | None = None
     num_feeds: int | None = None
-    max_rel_error: float | None = None
+    max_rel_error: Bounds | None = None
+    min_cosine: Bounds | None = None
+    min_top1_agreement: Bounds | None = None
     auto_exclude: bool = False
     report: str | os.PathLike | None = None
     #: Set by :meth:`check`: the method was chosen for the caller (calibration given, no method named).
@@ -168,8 +174,7 @@ class PruneOptions:
             raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
             raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
-        if self.max_rel_error is not None and not self.max_rel_error >= 0:
-            raise BadInput(f"{o('max_rel_error')} must be a number >= 0")
+        self.gates  # noqa: B018  (parses the bounds, or raises BadInput)
         if self.permute_seconds is not None and not self.permute:
             raise BadInput(f"{o('permute_seconds')} caps {o('permute')}, which was not asked for; drop one")
         if self.permute_seconds is not None and not self.permute_seconds > 0:
@@ -203,6 +208,16 @@ class PruneOptions:
                 raise BadInput(f"{o('gradients')} {path}: no such file")
 
     @property
+    def gates(self) -> list[Gate]:
+        """The validation gates (``max_rel_error``, ``min_cosine``, ``min_top1_agreement``), parsed."""
+        return [gate for name in GATE_OPTIONS for gate in parse_bounds(self.spell(name), getattr(self, name))]
+
+    @property
+    def bound(self) -> float | None:
+        """The ``max_rel_error`` bound on every output (the report's ``max_rel_error``), if given."""
+        return next((g.bound for g in self.gates if g.option == "max_rel_error" and g.output is None), None)
+
+    @property
     def cap_seconds(self) -> float:
         """The permutation phase's time cap (``permute_seconds``, default 60)."""
         return 60.0 if self.permute_seconds is None else float(self.permute_seconds)
@@ -218,7 +233,7 @@ class PruneOptions:
         given = [name for name, on in generated.items() if on]
         if not self.validate:
             ignored = [*given, *([o("inputs")] if self.inputs is not None else [])]
-            ignored += [o("max_rel_error")] if self.max_rel_error is not None else []
+            ignored += [o(name) for name in GATE_OPTIONS if getattr(self, name) is not None]
             if ignored:
                 raise BadInput(f"{o('validate')} with {', '.join(ignored)}: these only steer validation; drop one")
         elif self.inputs is not None and given:
@@ -226,8 +241,11 @@ class PruneOptions:
                 f"{o('inputs')} with {', '.join(given)}: those describe generated inputs, which {o('inputs')} "
                 "replaces; drop one"
             )
-        if self.auto_exclude and self.max_rel_error is None:
-            raise BadInput(f"{o('auto_exclude')} needs {o('max_rel_error')} (and validation)")
+        if self.auto_exclude and not self.gates:
+            raise BadInput(
+                f"{o('auto_exclude')} needs a gate to meet: {o('max_rel_error')}, {o('min_cosine')} or "
+                f"{o('min_top1_agreement')} (and validation)"
+            )
 
 
 def _check_feed_path(option: str, path: Path) -> None:

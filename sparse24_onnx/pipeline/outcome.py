@@ -90,7 +90,8 @@ def build_report(
         "auto_exclude": None
         if budget is None
         else {
-            "max_rel_error": run.options.max_rel_error,
+            "max_rel_error": run.options.bound,
+            "gates": [{"option": g.option, "output": g.output, "bound": g.bound} for g in run.options.gates],
             "dense": budget.dense,
             "error": budget.error,
             "sensitivity": budget.sensitivity,
@@ -132,16 +133,15 @@ def verdict(
     if validation is not None:
         worst = validation["worst_rel_l2_error"]
         bound = validation["max_rel_error"]
+        gates = validation.get("gates") or []
         if not validation["witnessed"]:
             verdict = "WITNESSED NOTHING"
-        elif bound is None:
+        elif not gates:
             verdict = "no bound set"
         elif validation["passed"]:
-            verdict = f"within {bound:g}"
-        elif worst <= bound:
-            verdict = f"FAILED: {validation.get('failure')}"
+            verdict = f"within {bound:g}" if len(gates) == 1 and bound is not None else f"all {len(gates)} gates hold"
         else:
-            verdict = f"ABOVE the bound {bound:g}"
+            verdict = f"FAILED: {validation.get('failure')}"
         head += f"; worst output relative L2 error {worst:.4g} ({verdict})"
     else:
         head += "; not validated"

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from ..calibration.capture import collect_stats, memory_budget
 from ..calibration.summary import calibration_entry
-from ..errors import ValidationFailed
+from ..errors import BadInput, ValidationFailed
 from ..methods import CalibratedMethod, SequentialMethod, uncalibrated_method
 from ..modelio.load import external_files, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
@@ -116,7 +116,7 @@ class _PruneRun:
             if options.auto_exclude:
                 budget, method = leave_sensitive_dense(
                     model, method, reference.feeds.feeds, reference.outputs, reference.output_names,
-                    options.max_rel_error,
+                    options.gates,
                 )  # fmt: skip
             self.prune(model, method, staged, stack, external)
             records = weight_records(model)
@@ -129,9 +129,8 @@ class _PruneRun:
             staged.save(model)
             outcome = None if reference is None else validate_output(staged.path, records, reference, options)
             if outcome is not None and budget is not None and budget.all_dense:
-                outcome.fail(
-                    budget.unmet(options.spell("auto_exclude"), options.given("max_rel_error", options.max_rel_error))
-                )
+                held = ", ".join(options.given(g.option, g.spelled_bound) for g in options.gates)
+                outcome.fail(budget.unmet(options.spell("auto_exclude"), held))
             writes = outcome is None or outcome.passed is not False
             entry = None if outcome is None else outcome.as_dict()
             report = build_report(facts, records, entry, budget, staged.planned() if writes else [])
@@ -196,6 +195,13 @@ class _PruneRun:
                 self.warnings.append("nothing to prune, so nothing to validate: the model is written unchanged")
             return None, None, None
         session = open_session(self.facts.input, role="input")
+        outputs = [o.name for o in session.get_outputs()]
+        for gate in options.gates:
+            if gate.output is not None and gate.output not in outputs:
+                raise BadInput(
+                    f"{options.given(gate.option, gate.spelled_bound)}: the model has no output {gate.output!r} "
+                    f"(its outputs: {', '.join(outputs)})"
+                )
         specs = InputSpec.from_session(session)
         calibration = None
         if options.calibration is not None:

@@ -21,6 +21,7 @@ from ..passes.weights import Status, WeightRecord
 from ..runtime.feeds import FeedSet
 from ..runtime.sessions import open_session, run_feeds, session_provider
 from ..validation.compare import OutputComparison, compare_runs, empty_outputs, worst_error
+from ..validation.gates import Gate
 from .options import PruneOptions
 
 __all__ = ["Reference", "ValidationOutcome", "run_reference", "validate_output"]
@@ -46,13 +47,15 @@ class ValidationOutcome:
         comparisons: Per compared output, how far it moved.
         worst: The worst relative L2 error (NaN if an output became NaN).
         blind: Why the comparison cannot have seen the pruning (empty when it could).
-        failure: Why the gate failed, in one line (None: passed, or no gate).
-        bound: The gate (``max_rel_error``), None for none.
+        failure: Why a gate failed, in one line (None: all held, or there is none).
+        gates: The gates (``max_rel_error``, ``min_cosine``, ``min_top1_agreement``; any output or one).
+        bound: The ``max_rel_error`` bound on every output, None for none (the report's ``max_rel_error``).
     """
 
     reference: Reference
     comparisons: list[OutputComparison]
     worst: float
+    gates: list[Gate]
     bound: float | None
     blind: list[str] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
@@ -62,7 +65,7 @@ class ValidationOutcome:
     @property
     def passed(self) -> bool | None:
         """True or False with a gate, None without one."""
-        return None if self.bound is None else self.failure is None
+        return None if not self.gates else self.failure is None
 
     def fail(self, reason: str) -> None:
         """Fail the gate for a reason found outside the comparison (the first reason stays)."""
@@ -81,6 +84,7 @@ class ValidationOutcome:
             "witnessed": not self.blind,
             "passed": self.passed,
             "failure": self.failure,
+            "gates": [gate.as_dict(self.comparisons) for gate in self.gates],
             "warnings": [*feeds.warnings, *self.warnings],
             "outputs": [c.as_dict() for c in self.comparisons],
             "not_compared": self.not_compared,
@@ -116,7 +120,7 @@ def validate_output(
     candidate = run_feeds(session, feeds.feeds, hint=feeds.hint)
     del session
     comparisons = compare_runs(reference.output_names, reference.outputs, candidate)
-    outcome = ValidationOutcome(reference, comparisons, worst_error(comparisons), options.max_rel_error)
+    outcome = ValidationOutcome(reference, comparisons, worst_error(comparisons), options.gates, options.bound)
     outcome.not_compared = empty_outputs(reference.output_names, reference.outputs)
     if outcome.not_compared and comparisons:
         shown = ", ".join(repr(name) for name in outcome.not_compared[:5])
@@ -131,14 +135,12 @@ def validate_output(
             f"the worst output error is {worst:.3g}: the pruned model's output no longer resembles the original's; "
             + _remedy(options)
         )
-    if outcome.bound is not None:
-        if outcome.blind:
-            outcome.fail(f"validation witnessed nothing ({outcome.blind[0]}); " + _witness_hint(feeds))
-        elif not worst <= outcome.bound:
-            outcome.fail(
-                f"validation failed: relative L2 error {worst:.4g} exceeds "
-                f"{options.given('max_rel_error', float(f'{outcome.bound:g}'))}"
-            )
+    if outcome.gates and outcome.blind:
+        outcome.fail(f"validation witnessed nothing ({outcome.blind[0]}); " + _witness_hint(feeds))
+    for gate in outcome.gates:
+        value = gate.value(comparisons)
+        if not gate.holds(value):
+            outcome.fail(gate.failure(value, options.given(gate.option, gate.spelled_bound)))
     for line in outcome.warnings:
         log.warning("%s", line)
     return outcome

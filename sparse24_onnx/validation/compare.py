@@ -5,6 +5,9 @@ Per output, over all feeds together:
 * ``max_abs_error``: ``max |y' - y|``
 * ``rel_l2_error``: ``||y' - y|| / ||y||`` (0 when both are zero, inf when only ``y`` is)
 * ``cosine_similarity``: ``<y, y'> / (||y|| ||y'||)`` (1 when both are zero)
+* ``top1_agreement``: the share of positions whose argmax along the last axis is the same (the
+  last axis taken as a class axis: a classifier's logits, a tagger's per-token scores); None for
+  outputs without one (integers, rank 0, a last axis of length 1), ``top1_note`` then says why
 
 computed in float64 from running sums, so feeds are never concatenated.  An
 element equal in both (the same inf, or NaN in both) counts as unchanged and
@@ -30,6 +33,8 @@ class OutputComparison:
     max_abs_error: float
     rel_l2_error: float
     cosine_similarity: float
+    top1_agreement: float | None = None
+    top1_note: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -51,6 +56,8 @@ def compare_runs(
             continue
         maxima = [0.0]
         diff_sq = ref_sq = cand_sq = dot = 0.0
+        agree = positions = 0
+        no_classes = ""
         numeric = True
         for ref_run, cand_run in zip(reference, candidate, strict=False):
             y = np.asarray(ref_run[index])
@@ -60,6 +67,14 @@ def compare_runs(
                 break
             if y.shape != z.shape:
                 raise RuntimeError(f"output {name!r} changed shape from {y.shape} to {z.shape}")
+            if y.dtype.kind != "f" or y.ndim == 0 or y.shape[-1] < 2:
+                no_classes = no_classes or (
+                    "not a float output" if y.dtype.kind != "f" else "no last axis of 2 or more to take as classes"
+                )
+            elif y.size:
+                with np.errstate(invalid="ignore"):
+                    agree += int((np.argmax(y, axis=-1) == np.argmax(z, axis=-1)).sum())
+                positions += y.size // y.shape[-1]
             y = y.astype(np.float64).ravel()
             z = z.astype(np.float64).ravel()
             if y.size:
@@ -83,7 +98,8 @@ def compare_runs(
             cosine = dot / math.sqrt(ref_sq * cand_sq)
         else:
             cosine = 1.0 if ref_sq == cand_sq == 0 else 0.0
-        comparisons.append(OutputComparison(name, max_abs, rel, cosine))
+        top1 = agree / positions if positions and not no_classes else None
+        comparisons.append(OutputComparison(name, max_abs, rel, cosine, top1, no_classes))
     return comparisons
 
 
