@@ -75,6 +75,31 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="memory for the layers' calibration statistics; above it they are captured in several passes "
         "(default: a quarter of the machine's memory)",
     )
+    loaders = parser.add_argument_group("built-in loaders (for --calibration and --inputs)")
+    loaders.add_argument(
+        "--tokenizer",
+        metavar="TOKENIZER.json",
+        help="read a text file given to --calibration/--inputs through this Hugging Face tokenizer: a feed per "
+        "line (input_ids, attention_mask, token_type_ids, position_ids by name); needs the [text] extra",
+    )
+    loaders.add_argument(
+        "--seq-len", type=int, metavar="N", help="with --tokenizer: windows of N tokens over the whole text instead"
+    )
+    loaders.add_argument(
+        "--image-size",
+        metavar="HxW",
+        help="read a folder of images given to --calibration/--inputs, resized to HxW; needs the [images] extra",
+    )
+    loaders.add_argument("--mean", metavar="M[,M,M]", help="images: per-channel mean on values in [0, 1] (default 0)")
+    loaders.add_argument("--std", metavar="S[,S,S]", help="images: per-channel standard deviation (default 1)")
+    loaders.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW", help="images: axis order (NCHW)")
+    loaders.add_argument("--channels", choices=("RGB", "BGR"), default="RGB", help="images: channel order (RGB)")
+    loaders.add_argument(
+        "--image-dtype",
+        choices=("float32", "float16", "uint8"),
+        default="float32",
+        help="images: element type (uint8: raw 0-255, no normalisation)",
+    )
     parser.add_argument(
         "--gradients", metavar="PATH.npz", help="gradients keyed by initializer name (--method gradient)"
     )
@@ -195,6 +220,14 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "refit": args.refit,
         "tune": not args.no_tune,
         "calibration_memory": args.calibration_memory,
+        "tokenizer": args.tokenizer,
+        "seq_len": args.seq_len,
+        "image_size": args.image_size,
+        "mean": args.mean,
+        "std": args.std,
+        "layout": args.layout,
+        "channels": args.channels,
+        "image_dtype": args.image_dtype,
         "gradients": args.gradients,
         "exclude": args.exclude,
         "tc_shapes": args.tc_shapes,

@@ -19,6 +19,7 @@ import numpy as np
 from ..choices import CALIBRATED, FORMATS, METHODS, RECOMMENDED
 from ..errors import BadInput
 from ..runtime.feeds import parse_int_ranges, parse_shapes
+from ..runtime.loaders import IMAGE_SUFFIXES
 from ..validation.gates import GATE_OPTIONS, Gate, parse_bounds
 
 __all__ = ["METHODS", "PruneOptions"]
@@ -53,6 +54,14 @@ class PruneOptions:
     refit: bool | None = None
     tune: bool = True
     calibration_memory: float | None = None
+    tokenizer: str | os.PathLike | None = None
+    seq_len: int | None = None
+    image_size: str | tuple[int, int] | None = None
+    mean: str | Sequence[float] | None = None
+    std: str | Sequence[float] | None = None
+    layout: str = "NCHW"
+    channels: str = "RGB"
+    image_dtype: str = "float32"
     gradients: str | os.PathLike | Mapping[str, np.ndarray] | None = None
     exclude: Sequence[str] = ()
     tc_shapes: str = "strict"
@@ -206,6 +215,51 @@ class PruneOptions:
             path = Path(self.gradients)
             if not path.is_file():
                 raise BadInput(f"{o('gradients')} {path}: no such file")
+        self._check_loaders()
+
+    def _check_loaders(self) -> None:
+        """The built-in text and image loaders' options: given together with what they read, and valid."""
+        o = self.spell
+        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            raise BadInput(f"{self.given('tokenizer', self.tokenizer)}: no such file (a tokenizer.json)")
+        if self.seq_len is not None and (self.tokenizer is None or not self.seq_len >= 1):
+            raise BadInput(f"{o('seq_len')} is a positive number of tokens, used with {o('tokenizer')}")
+        image_options = [
+            o(name)
+            for name, default in (("mean", None), ("std", None), ("layout", "NCHW"), ("channels", "RGB"),
+                                  ("image_dtype", "float32"))
+            if getattr(self, name) != default
+        ]  # fmt: skip
+        if image_options and self.image_size is None:
+            raise BadInput(f"{', '.join(image_options)} describe images: give {o('image_size')} HxW too")
+        recipe = self.image_recipe
+        if recipe is not None:
+            recipe.check()
+        if self.tokenizer is None and self.image_size is None:
+            return
+        texts = [n for n in ("inputs", "calibration") if _is_plain_file(getattr(self, n))]
+        folders = [n for n in ("inputs", "calibration") if _is_folder(getattr(self, n))]
+        if self.tokenizer is not None and not texts:
+            raise BadInput(f"{o('tokenizer')} reads text files: give {o('calibration')} or {o('inputs')} a .txt file")
+        if self.image_size is not None and not folders:
+            raise BadInput(f"{o('image_size')} reads image folders: give {o('calibration')} or {o('inputs')} one")
+
+    @property
+    def image_recipe(self):
+        """The image preprocessing (:class:`~sparse24_onnx.runtime.loaders.ImageRecipe`), or None."""
+        if self.image_size is None:
+            return None
+        from ..runtime.loaders import ImageRecipe, parse_size
+
+        size = parse_size(self.image_size) if isinstance(self.image_size, str) else tuple(self.image_size)
+        return ImageRecipe(
+            size,
+            _numbers(self.mean, "mean", (0.0,)),
+            _numbers(self.std, "std", (1.0,)),
+            self.layout,
+            self.channels,
+            self.image_dtype,
+        )
 
     @property
     def gates(self) -> list[Gate]:
@@ -248,6 +302,29 @@ class PruneOptions:
             )
 
 
+def _is_plain_file(value: object) -> bool:
+    """A path to a file that is neither an .npz nor a loader script: text for the tokenizer."""
+    return (
+        isinstance(value, (str, os.PathLike))
+        and Path(value).is_file()
+        and Path(value).suffix.lower() not in (".npz", ".py")
+    )
+
+
+def _is_folder(value: object) -> bool:
+    return isinstance(value, (str, os.PathLike)) and Path(value).is_dir()
+
+
+def _numbers(value: str | Sequence[float] | None, option: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    if value is None:
+        return default
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise BadInput(f"--{option} {value!r}: expected numbers such as 0.485,0.456,0.406") from None
+
+
 def _check_feed_path(option: str, path: Path) -> None:
     script = re.fullmatch(r"(.+\.py)(?::[A-Za-z_]\w*)?", str(path))
     if script:  # a loader script (file.py[:function]): only the file is checked before the run
@@ -255,8 +332,8 @@ def _check_feed_path(option: str, path: Path) -> None:
             raise BadInput(f"{option} {path}: no such loader script {script.group(1)}")
         return
     if path.is_dir():
-        if not any(path.glob("*.npz")):
-            raise BadInput(f"{option} {path}: folder holds no .npz files")
+        if not any(path.glob("*.npz")) and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+            raise BadInput(f"{option} {path}: folder holds no .npz files (nor images, for --image-size)")
     elif not path.is_file():
         raise BadInput(f"{option} {path}: no such file or folder")
     elif not os.access(path, os.R_OK):

@@ -34,6 +34,7 @@ from ..passes.prune_weights import PruneMethod
 from ..passes.weights import Status, WeightRecord, weight_records
 from ..report import StagedReport, check_report_path
 from ..runtime.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
+from ..runtime.loaders import image_feeds, text_feeds
 from ..runtime.sessions import open_session
 from .channel_order import Guard, choose_channel_order
 from .layer_budget import leave_sensitive_dense
@@ -205,11 +206,11 @@ class _PruneRun:
         specs = InputSpec.from_session(session)
         calibration = None
         if options.calibration is not None:
-            calibration = load_feeds(options.calibration, specs, option=options.spell("calibration"))
+            calibration = self.load("calibration", specs)
         feeds = None
         if options.validate:
             if options.inputs is not None:
-                feeds = load_feeds(options.inputs, specs, option=options.spell("inputs"))
+                feeds = self.load("inputs", specs)
             else:
                 default_range, int_ranges = options.integer_ranges
                 feeds = generate_feeds(
@@ -221,6 +222,31 @@ class _PruneRun:
                     count=options.num_feeds or 1,
                 )
         return session, calibration, feeds
+
+    def load(self, name: str, specs: list[InputSpec]) -> FeedSet:
+        """The feeds of option ``name`` (``inputs`` or ``calibration``): through the built-in text or image
+        loader when the option names a text file or an image folder, else as given."""
+        options = self.options
+        source, option = getattr(options, name), options.spell(name)
+        described = None
+        if isinstance(source, (str, os.PathLike)) and not str(source).endswith((".npz", ".py")):
+            path = Path(source)
+            if options.tokenizer is not None and path.is_file():
+                feeds = text_feeds(path, options.tokenizer, specs, seq_len=options.seq_len, option=option)
+                described = f"{path} (text through {options.tokenizer})"
+            elif path.is_dir() and not any(path.glob("*.npz")):
+                if options.image_recipe is None:
+                    raise BadInput(
+                        f"{option} {path}: a folder of images: give {options.spell('image_size')} HxW (and the "
+                        f"model's {options.spell('mean')}, {options.spell('std')} ...) to read them"
+                    )
+                feeds = image_feeds(path, options.image_recipe, specs, option=option)
+                described = f"{path} (images, {'x'.join(map(str, options.image_recipe.size))})"
+        if described is None:
+            return load_feeds(source, specs, option=option)
+        loaded = load_feeds(feeds, specs, option=option)
+        loaded.source = described
+        return loaded
 
     def calibrate(self, model: ir.Model, calibration: FeedSet | None, stack: ExitStack) -> PruneMethod | None:
         """The calibrated method, with its statistics captured from the calibration feeds (unpermuted model)."""
