@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from models.cnn_models import cast_fp16_cnn, conv_nd, small_cnn
 from sparse24_onnx import prune_model
 from sparse24_onnx.calibration.capture import ConvPatches
-from tests.helpers import run_module
+from tests.helpers import all_tensors, run_module
 
 F = TensorProto.FLOAT
 
@@ -93,12 +93,17 @@ def test_sparsegpt_runs_on_every_convolution(tmp_path, form):
     assert summary["got"] == summary["layers"] == len(pruned)
 
 
-def test_a_layer_without_activations_is_counted_and_said(tmp_path):
-    # The second weight sits inside an If branch: no calibration activation reaches it.
+def test_layers_inside_if_branches_are_calibrated_where_the_feeds_take_them(tmp_path):
+    # The second weight sits inside the then-branch of an If: its activations are exposed through the If.
     rng = np.random.default_rng(0)
     w_then = numpy_helper.from_array((rng.standard_normal((64, 32)) / 8).astype(np.float32), "w_then")
     branch = helper.make_graph(
-        [helper.make_node("MatMul", ["h", "w_then"], ["z"], name="/then/MatMul")], "then", [],
+        [
+            helper.make_node("Relu", ["h"], ["hr"]),  # the layer's input is computed inside the branch
+            helper.make_node("MatMul", ["hr", "w_then"], ["z"], name="/then/MatMul"),
+        ],
+        "then",
+        [],
         [helper.make_tensor_value_info("z", F, ["n", 32])], [w_then],
     )  # fmt: skip
     other = helper.make_graph(
@@ -123,13 +128,25 @@ def test_a_layer_without_activations_is_counted_and_said(tmp_path):
     model.ir_version = 8
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    folder = tmp_path / "cal"
-    folder.mkdir()
-    for i in range(8):
-        np.savez(folder / f"{i}.npz", x=rng.standard_normal((8, 64)).astype(np.float32), flag=np.array(True))
-    result = run_module("optimize", path, tmp_path / "out.onnx", "--calibration", folder, "--no-validate", "--no-tune")
-    assert result.returncode == 0, result.stderr
-    assert "sparsegpt ran on 1 of 2 calibrated layers; 1 got magnitude: no calibration activations" in result.stderr
+    for flag, expected in ((True, "sparsegpt ran on 2 of 2 calibrated layers"),
+                           (False, "sparsegpt ran on 1 of 2 calibrated layers; 1 got magnitude: its If branch did "
+                                   "not run on the calibration feeds")):  # fmt: skip
+        folder = tmp_path / f"cal{flag}"
+        folder.mkdir()
+        for i in range(8):
+            np.savez(folder / f"{i}.npz", x=rng.standard_normal((8, 64)).astype(np.float32), flag=np.array(flag))
+        out = tmp_path / f"out{flag}.onnx"
+        result = run_module("optimize", path, out, "--calibration", folder, "--no-validate", "--no-tune")
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stderr
+        written = onnx.load(out)
+        (if_node,) = [n for n in written.graph.node if n.op_type == "If"]
+        assert len(if_node.output) == 1  # the capture's extra outputs are gone
+        assert [len(a.g.output) for a in if_node.attribute] == [1, 1]
+    magnitude = tmp_path / "magnitude.onnx"
+    assert run_module("optimize", path, magnitude, "--no-validate").returncode == 0
+    calibrated, plain = all_tensors(tmp_path / "outTrue.onnx"), all_tensors(magnitude)
+    assert not np.array_equal(calibrated["w_then"], plain["w_then"])  # SparseGPT updated the kept weights
 
 
 def test_overflowing_activations_are_left_out_and_said_not_a_crash(tmp_path):

@@ -71,6 +71,8 @@ class LayerStats:
     held_out_rows: int = 0
     #: Why ``hessian`` is None (empty when it is there).
     no_hessian: str = ""
+    #: Why no row was seen (empty when some were).
+    no_rows: str = ""
     #: Rows left out because they held NaN or Inf (the model's own activations overflowed), and on which feeds.
     non_finite_rows: int = 0
     non_finite_feeds: list[int] = field(default_factory=list)
@@ -191,18 +193,21 @@ def input_rows(array: np.ndarray, layout: str | ConvPatches, dtype=np.float64) -
 
 
 def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list[tuple[ir.Value, str]]]:
-    """Per weight, the main-graph activations that feed its products (weights elsewhere are left out).
+    """Per weight, the activations that feed its products: in the main graph, or inside ``If`` branches
+    (nested too), whose values the capture exposes through the ``If`` (see :func:`_expose`).  Weights whose
+    products sit in ``Loop``/``Scan`` bodies or functions are left out.
 
     The products are the nodes the tracing reached (``record.uses``), so weights
     reaching them through casts, transposes or dequantization count too.  A
     convolution whose weight was transposed or reshaped on the way is left out
     (its im2col view would not match the stored layout).
     """
+    owners = _branch_owners(model)
     found: dict[str, list[tuple[ir.Value, str]]] = {}
     for record in records:
         pairs = []
         for use in record.uses:
-            node = use.ref if use.ref is not None and use.ref.graph is model.graph else None
+            node = use.ref if use.ref is not None and _reachable(use.ref.graph, model, owners) else None
             reordered = any(op in ("Transpose", "Reshape", "Flatten", "Unsqueeze", "Squeeze") for op in use.via)
             data = None if node is None else _data_value(node, use.input_index, record.shape)
             if data is None or data[0] is None or not data[0].name or (node.op_type == "Conv" and reordered):
@@ -328,6 +333,68 @@ def _passes(items: list[_Input], hessian: bool, hold_out: bool, memory_bytes: in
     return groups
 
 
+def _branch_owners(model: ir.Model) -> dict[int, tuple[ir.Node, str]]:
+    """For every ``If`` branch of the model (nested ones too): the ``If`` node and the branch's attribute name."""
+    owners: dict[int, tuple[ir.Node, str]] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            for name in ("then_branch", "else_branch"):
+                attribute = node.attributes.get(name)
+                if attribute is not None and attribute.type == ir.AttributeType.GRAPH:
+                    owners[id(attribute.value)] = (node, name)
+    return owners
+
+
+def _reachable(graph, model: ir.Model, owners: dict[int, tuple[ir.Node, str]]) -> bool:
+    """The main graph, or a branch of ``If`` nodes all the way up to it."""
+    while graph is not model.graph:
+        if id(graph) not in owners:
+            return False
+        graph = owners[id(graph)][0].graph
+    return graph is not None
+
+
+def _expose(value: ir.Value, model: ir.Model, owners, undo: list) -> ir.Value:
+    """A main-graph value that carries ``value``: itself, or a new output of the ``If`` nodes around it.
+
+    The branch holding ``value`` gets it as an extra output, the other branch an empty tensor of the same
+    element type (so a feed that takes the other branch gives no rows), and the ``If`` an extra output;
+    nested branches repeat this outwards.  Every change is recorded in ``undo`` (callables, run in reverse).
+    """
+    graph = value.graph
+    if graph is model.graph:
+        return value
+    node, name = owners[id(graph)]
+    other = node.attributes["else_branch" if name == "then_branch" else "then_branch"].value
+    dtype = _element_type(value)
+    graph.outputs.append(value)
+    undo.append(graph.outputs.pop)
+    empty = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros((0,), dtype=dtype.numpy()))}, num_outputs=1)
+    empty.outputs[0].name = f"{value.name}_sparse24_not_taken"
+    other.append(empty)
+    other.outputs.append(empty.outputs[0])
+    undo.append(lambda: (other.outputs.pop(), other.remove(empty)))
+    count = len(node.outputs)
+    node.resize_outputs(count + 1)
+    carried = node.outputs[count]
+    carried.name = f"{value.name}_sparse24_capture"
+    carried.dtype = dtype
+    undo.append(lambda: node.resize_outputs(count))
+    return _expose(carried, model, owners, undo)
+
+
+def _element_type(value: ir.Value) -> ir.DataType:
+    """A value's element type; inside subgraphs exporters often record none, so then the type of another
+    operand of the product it feeds (MatMul, Gemm and Conv take one type), else float."""
+    if value.dtype is not None:
+        return value.dtype
+    for consumer, _ in value.uses():
+        for other in (*consumer.inputs, *consumer.outputs):
+            if other is not None and other is not value and other.dtype is not None:
+                return other.dtype
+    return ir.DataType.FLOAT
+
+
 def _capture(
     model: ir.Model,
     group: list[_Input],
@@ -338,7 +405,10 @@ def _capture(
     hint: str,
 ) -> None:
     outputs = list(model.graph.outputs)
-    values = list({id(item.value): item.value for item in group}.values())
+    undo: list = []
+    owners = _branch_owners(model)
+    exposed = {id(item.value): _expose(item.value, model, owners, undo) for item in group}
+    values = list({id(v): v for v in exposed.values()}.values())
     added = [v for v in values if v not in outputs]
     model.graph.outputs.extend(added)
     by_feed = hold_out and len(feeds) >= 4
@@ -355,21 +425,34 @@ def _capture(
                 held = hold_out and by_feed and index % 4 == 3
                 for item in group:
                     _accumulate(
-                        item, run[item.value.name], hessian, held=held, split_rows=hold_out and not by_feed, feed=index
+                        item,
+                        run[exposed[id(item.value)].name],
+                        hessian,
+                        held=held,
+                        split_rows=hold_out and not by_feed,
+                        feed=index,
                     )
                 del run
             for item in group:
                 if item.stats is not None and item.stats.hessian is not None:
                     item.flush()
+                elif item.stats is None and item.value.graph is not model.graph:
+                    item.stats = LayerStats(
+                        0, np.zeros(item.channels), None, no_rows="its If branch did not run on the calibration feeds"
+                    )
             del session
     finally:
         for value in added:
             model.graph.outputs.remove(value)
+        for step in reversed(undo):
+            step()
 
 
 def _accumulate(
     item: _Input, activation: np.ndarray, hessian: bool, *, held: bool, split_rows: bool, feed: int = 0
 ) -> None:
+    if np.asarray(activation).size == 0:
+        return  # the layer did not run on this feed (an If branch not taken): no rows
     rows = input_rows(activation, item.layout, dtype=np.float32)
     features = rows
     if hessian and isinstance(item.layout, ConvPatches) and item.layout.kernel is not None:

@@ -255,11 +255,10 @@ class CalibratedMethod:
         if not np.isfinite(weights).all():
             raise Declined(NOT_FINITE)
         if stats is None or stats.rows == 0:
-            why = (
-                "no calibration activations reach this layer"
-                if stats is None
-                else "every calibration row of this layer's input held NaN or Inf"
-            )
+            if stats is None:
+                why = "no calibration activations reach this layer"
+            else:
+                why = stats.no_rows or "every calibration row of this layer's input held NaN or Inf"
             record.calibration = {
                 "method": f"magnitude ({why})",
                 "solver": "magnitude",
