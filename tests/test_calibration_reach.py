@@ -128,9 +128,9 @@ def test_layers_inside_if_branches_are_calibrated_where_the_feeds_take_them(tmp_
     model.ir_version = 8
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
+    not_taken = "1 got magnitude: its If branch (or Loop body) did not run on the calibration feeds"
     for flag, expected in ((True, "sparsegpt ran on 2 of 2 calibrated layers"),
-                           (False, "sparsegpt ran on 1 of 2 calibrated layers; 1 got magnitude: its If branch did "
-                                   "not run on the calibration feeds")):  # fmt: skip
+                           (False, f"sparsegpt ran on 1 of 2 calibrated layers; {not_taken}")):  # fmt: skip
         folder = tmp_path / f"cal{flag}"
         folder.mkdir()
         for i in range(8):
@@ -182,3 +182,47 @@ def test_overflowing_activations_are_left_out_and_said_not_a_crash(tmp_path):
     result = prune_model(path, tmp_path / "all.onnx", method="sparsegpt", calibration=feeds, validate=False)
     notes = {r.name: r.calibration for r in result.records}
     assert "held NaN or Inf" in notes["w2"]["fallback"]
+
+
+def test_a_layer_inside_a_loop_body_gets_every_steps_rows(tmp_path):
+    rng = np.random.default_rng(4)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Relu", ["h_in"], ["r"]),  # the layer's input is computed in the body
+            helper.make_node("MatMul", ["r", "w_loop"], ["h_out"], name="/loop/MatMul"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", F, ["n", 64]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", F, ["n", 64]),
+        ],
+    )  # fmt: skip
+    nodes = [helper.make_node("Loop", ["steps", "go", "x"], ["y"], body=body)]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 64)) / 8).astype(np.float32), "w_loop"),
+        numpy_helper.from_array(np.array(3, np.int64), "steps"),
+        numpy_helper.from_array(np.array(True), "go"),
+    ]
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", F, ["n", 64])],
+        [helper.make_tensor_value_info("y", F, ["n", 64])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "loop.onnx"
+    onnx.save(model, path)
+    feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(8)]
+    result = prune_model(path, tmp_path / "out.onnx", calibration=feeds, tune=False, validate=False)
+    (record,) = [r for r in result.records if r.name == "w_loop"]
+    assert record.calibration["solver"] == "sparsegpt"
+    assert record.calibration["samples"] == 3 * 8 * 8  # 3 steps x 8 rows x 8 feeds
+    written = onnx.load(tmp_path / "out.onnx")
+    (loop,) = [n for n in written.graph.node if n.op_type == "Loop"]
+    assert len(loop.output) == 1
+    assert len(loop.attribute[0].g.output) == 2

@@ -193,9 +193,9 @@ def input_rows(array: np.ndarray, layout: str | ConvPatches, dtype=np.float64) -
 
 
 def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list[tuple[ir.Value, str]]]:
-    """Per weight, the activations that feed its products: in the main graph, or inside ``If`` branches
-    (nested too), whose values the capture exposes through the ``If`` (see :func:`_expose`).  Weights whose
-    products sit in ``Loop``/``Scan`` bodies or functions are left out.
+    """Per weight, the activations that feed its products: in the main graph, or inside ``If`` branches and
+    ``Loop`` bodies (nested too), whose values the capture exposes through them (see :func:`_expose`).
+    Weights whose products sit in ``Scan`` bodies or functions are left out.
 
     The products are the nodes the tracing reached (``record.uses``), so weights
     reaching them through casts, transposes or dequantization count too.  A
@@ -334,19 +334,24 @@ def _passes(items: list[_Input], hessian: bool, hold_out: bool, memory_bytes: in
 
 
 def _branch_owners(model: ir.Model) -> dict[int, tuple[ir.Node, str]]:
-    """For every ``If`` branch of the model (nested ones too): the ``If`` node and the branch's attribute name."""
+    """For every ``If`` branch and ``Loop`` body of the model (nested ones too): the node and the attribute."""
     owners: dict[int, tuple[ir.Node, str]] = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
-            for name in ("then_branch", "else_branch"):
-                attribute = node.attributes.get(name)
-                if attribute is not None and attribute.type == ir.AttributeType.GRAPH:
-                    owners[id(attribute.value)] = (node, name)
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _CONTROL_FLOW:
+            continue
+        for name in _CONTROL_FLOW[node.op_type]:
+            attribute = node.attributes.get(name)
+            if attribute is not None and attribute.type == ir.AttributeType.GRAPH:
+                owners[id(attribute.value)] = (node, name)
     return owners
 
 
+#: Ops whose subgraphs the capture can expose values from, and the attributes holding them.
+_CONTROL_FLOW = {"If": ("then_branch", "else_branch"), "Loop": ("body",)}
+
+
 def _reachable(graph, model: ir.Model, owners: dict[int, tuple[ir.Node, str]]) -> bool:
-    """The main graph, or a branch of ``If`` nodes all the way up to it."""
+    """The main graph, or a subgraph of ``If``/``Loop`` nodes all the way up to it."""
     while graph is not model.graph:
         if id(graph) not in owners:
             return False
@@ -354,33 +359,40 @@ def _reachable(graph, model: ir.Model, owners: dict[int, tuple[ir.Node, str]]) -
     return graph is not None
 
 
-def _expose(value: ir.Value, model: ir.Model, owners, undo: list) -> ir.Value:
-    """A main-graph value that carries ``value``: itself, or a new output of the ``If`` nodes around it.
+def _expose(value: ir.Value, model: ir.Model, owners, undo: list) -> tuple[ir.Value, int]:
+    """A main-graph value that carries ``value``, and how many ``Loop`` iteration axes were stacked before
+    its own axes: itself (0), or a new output of the ``If``/``Loop`` nodes around it.
 
-    The branch holding ``value`` gets it as an extra output, the other branch an empty tensor of the same
-    element type (so a feed that takes the other branch gives no rows), and the ``If`` an extra output;
-    nested branches repeat this outwards.  Every change is recorded in ``undo`` (callables, run in reverse).
+    In an ``If``, the branch holding ``value`` gets it as an extra output, the other branch an empty tensor
+    of the same element type (so a feed that takes the other branch gives no rows), and the ``If`` an extra
+    output.  In a ``Loop``, the body gets it as an extra scan output, which the ``Loop`` stacks over the
+    iterations (a layer run once per step gives every step's rows).  Nested subgraphs repeat this outwards.
+    Every change is recorded in ``undo`` (callables, run in reverse).
     """
     graph = value.graph
     if graph is model.graph:
-        return value
+        return value, 0
     node, name = owners[id(graph)]
-    other = node.attributes["else_branch" if name == "then_branch" else "then_branch"].value
     dtype = _element_type(value)
     graph.outputs.append(value)
     undo.append(graph.outputs.pop)
-    empty = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros((0,), dtype=dtype.numpy()))}, num_outputs=1)
-    empty.outputs[0].name = f"{value.name}_sparse24_not_taken"
-    other.append(empty)
-    other.outputs.append(empty.outputs[0])
-    undo.append(lambda: (other.outputs.pop(), other.remove(empty)))
+    if node.op_type == "If":
+        other = node.attributes["else_branch" if name == "then_branch" else "then_branch"].value
+        empty = ir.node(
+            "Constant", [], attributes={"value": ir.tensor(np.zeros((0,), dtype=dtype.numpy()))}, num_outputs=1
+        )
+        empty.outputs[0].name = f"{value.name}_sparse24_not_taken"
+        other.append(empty)
+        other.outputs.append(empty.outputs[0])
+        undo.append(lambda: (other.outputs.pop(), other.remove(empty)))
     count = len(node.outputs)
     node.resize_outputs(count + 1)
     carried = node.outputs[count]
     carried.name = f"{value.name}_sparse24_capture"
     carried.dtype = dtype
     undo.append(lambda: node.resize_outputs(count))
-    return _expose(carried, model, owners, undo)
+    outer, stacked = _expose(carried, model, owners, undo)
+    return outer, stacked + (node.op_type == "Loop")
 
 
 def _element_type(value: ir.Value) -> ir.DataType:
@@ -408,7 +420,7 @@ def _capture(
     undo: list = []
     owners = _branch_owners(model)
     exposed = {id(item.value): _expose(item.value, model, owners, undo) for item in group}
-    values = list({id(v): v for v in exposed.values()}.values())
+    values = list({id(v): v for v, _ in exposed.values()}.values())
     added = [v for v in values if v not in outputs]
     model.graph.outputs.extend(added)
     by_feed = hold_out and len(feeds) >= 4
@@ -424,9 +436,10 @@ def _capture(
                 run = dict(zip(names, run_feeds(session, [feed], hint=hint)[0], strict=True))
                 held = hold_out and by_feed and index % 4 == 3
                 for item in group:
+                    carried, stacked = exposed[id(item.value)]
                     _accumulate(
                         item,
-                        run[exposed[id(item.value)].name],
+                        _unstack(run[carried.name], stacked),
                         hessian,
                         held=held,
                         split_rows=hold_out and not by_feed,
@@ -438,7 +451,10 @@ def _capture(
                     item.flush()
                 elif item.stats is None and item.value.graph is not model.graph:
                     item.stats = LayerStats(
-                        0, np.zeros(item.channels), None, no_rows="its If branch did not run on the calibration feeds"
+                        0,
+                        np.zeros(item.channels),
+                        None,
+                        no_rows="its If branch (or Loop body) did not run on the calibration feeds",
                     )
             del session
     finally:
@@ -446,6 +462,17 @@ def _capture(
             model.graph.outputs.remove(value)
         for step in reversed(undo):
             step()
+
+
+def _unstack(array: np.ndarray, stacked: int) -> np.ndarray:
+    """An activation a ``Loop`` stacked over its iterations, with the iteration axes merged into the next one
+    (the batch): every step's rows, in the layer's own layout."""
+    array = np.asarray(array)
+    for _ in range(stacked):
+        if array.size == 0 or array.ndim < 2:
+            return np.zeros((0,), dtype=array.dtype)
+        array = array.reshape(-1, *array.shape[2:])
+    return array
 
 
 def _accumulate(
