@@ -91,7 +91,7 @@ def test_images_through_their_preprocessing(tmp_path):
         image.fromarray(pixels).save(folder / f"{i}.png")
     specs = [InputSpec("image", "tensor(float)", (1, 3, "height", "width"))]
     recipe = ImageRecipe((16, 16), (0.5, 0.4, 0.3), (0.25, 0.2, 0.1), "NCHW", "BGR", "float32")
-    feeds = image_feeds(folder, recipe, specs, option="calibration")
+    feeds = list(image_feeds(folder, recipe, specs, option="calibration"))
     expected = (pictures[0][..., ::-1] / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.25, 0.2, 0.1])
     np.testing.assert_allclose(feeds[0]["image"][0], expected.transpose(2, 0, 1), rtol=1e-5, atol=1e-5)
     model = _rgb_cnn(tmp_path / "cnn.onnx")

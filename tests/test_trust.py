@@ -394,3 +394,32 @@ def test_the_op_column_names_declined_and_compressed_weights(tmp_path, models_di
     prune_model(models_dir / "mlp.onnx", out, format="compressed", validate=False)
     for line in check(out).table().splitlines()[1:]:
         assert line.split()[1] in ("MatMul", "Gemm"), line
+
+
+def test_files_loaders_and_callables_are_streamed_not_held(tmp_path):
+    from sparse24_onnx.runtime.feeds import FeedStream, InputSpec, load_feeds
+
+    specs = [InputSpec("x", "tensor(float)", ("batch", 64))]
+    calls = []
+
+    def produce():
+        calls.append(1)
+        rng = np.random.default_rng(5)
+        for _ in range(6):
+            yield {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+
+    streamed = load_feeds(produce, specs, option="calibration")
+    assert isinstance(streamed.feeds, FeedStream)
+    assert len(streamed) == 6
+    assert len(calls) == 1  # the checking pass kept nothing
+    first = [feed["x"] for feed in streamed.feeds]
+    held = streamed.feeds[3::4]
+    assert len(calls) == 3
+    assert [h["x"].tobytes() for h in held] == [first[3].tobytes()]
+    listed = load_feeds(list(produce()), specs, option="calibration")
+    assert isinstance(listed.feeds, list)
+    model = mlp(tmp_path / "m.onnx")
+    a = prune_model(model, tmp_path / "a.onnx", method="sparsegpt", calibration=produce, validate=False)
+    b = prune_model(model, tmp_path / "b.onnx", method="sparsegpt", calibration=list(produce()), validate=False)
+    assert digest(tmp_path / "a.onnx") == digest(tmp_path / "b.onnx")
+    assert a.report["calibration"]["feeds"] == b.report["calibration"]["feeds"] == 6

@@ -344,7 +344,7 @@ def _is_feed_source(value: object) -> bool:
     """A list of feed dicts, any other iterable of them (a generator), or a ``get_next()`` reader."""
     if isinstance(value, (str, bytes, Mapping)):
         return False
-    if callable(getattr(value, "get_next", None)):
+    if callable(getattr(value, "get_next", None)) or callable(value):
         return True
     if isinstance(value, Sequence):
         return len(value) > 0 and all(isinstance(feed, Mapping) for feed in value)

@@ -240,7 +240,8 @@ class _PruneRun:
                         f"{option} {path}: a folder of images: give {options.spell('image_size')} HxW (and the "
                         f"model's {options.spell('mean')}, {options.spell('std')} ...) to read them"
                     )
-                feeds = image_feeds(path, options.image_recipe, specs, option=option)
+                recipe = options.image_recipe
+                feeds = lambda: image_feeds(path, recipe, specs, option=option)  # noqa: E731  (read per pass)
                 described = f"{path} (images, {'x'.join(map(str, options.image_recipe.size))})"
         if described is None:
             return load_feeds(source, specs, option=option)

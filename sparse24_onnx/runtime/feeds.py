@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,7 +161,7 @@ class FeedSet:
         hint: What to look at when onnxruntime refuses these feeds.
     """
 
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     source: str
     inputs: list[dict[str, object]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -445,21 +445,59 @@ def generate_feeds(
     return described
 
 
+class FeedStream(Sequence):
+    """Feeds read again on every pass from where they live (``.npz`` files, a loader script, a callable),
+    each checked as it comes: one feed in memory at a time, however many there are.
+
+    ``len()`` is known from the first pass; indexing and slicing read up to what they need.
+    """
+
+    def __init__(self, produce: Callable[[], Iterable[tuple[str, Mapping[str, object]]]], specs, count: int) -> None:
+        self._produce = produce
+        self._specs = specs
+        self._count = count
+
+    def __iter__(self) -> Iterator[Feed]:
+        for label, arrays in self._produce():
+            yield _check_feed(arrays, self._specs, label)[0]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            wanted = set(range(self._count)[index])
+            return [feed for i, feed in enumerate(self) if i in wanted]
+        position = range(self._count)[index]
+        return next(feed for i, feed in enumerate(self) if i == position)
+
+
 def load_feeds(
-    source: str | os.PathLike | Sequence[Mapping[str, np.ndarray]], specs: list[InputSpec], option: str = "--inputs"
+    source: str | os.PathLike | Sequence[Mapping[str, np.ndarray]] | Callable[[], Iterable[Mapping]],
+    specs: list[InputSpec],
+    option: str = "--inputs",
 ) -> FeedSet:
-    """Feeds from a ``.npz`` keyed by input name, a folder of such files (one feed each), or a list of dicts.
+    """Feeds from a ``.npz`` keyed by input name, a folder of such files (one feed each), a loader script
+    (``file.py[:function]``), a zero-argument callable returning an iterable of dicts, a list or iterable of
+    dicts, or a ``get_next()`` reader.
+
+    Files, loader scripts and callables are streamed (:class:`FeedStream`): read again on each pass, one
+    feed in memory at a time; one-shot iterables and readers are read once, into memory.
 
     Every input must be present with the declared rank and fixed dimensions, a
-    dtype that converts without changing kind (int32 for int64, say), finite
-    values, no empty array (a key/value-cache input may be empty), and the same
+    dtype that converts without changing kind (int32 for int64, say), no key that
+    is no input, no empty array (a key/value-cache input may be empty), and the same
     size for a named dimension everywhere in a feed.  Key/value-cache inputs that
     are missing are fed empty (an empty cache).  Errors name ``option``, the
-    command-line option the feeds came from.
+    option the feeds came from.
     """
     option = option.rstrip("=")
+    produce = None
     if isinstance(source, (str, os.PathLike)) and _is_loader_script(str(source)):
-        named = [(f"{option} {source} feed {i}", feed) for i, feed in enumerate(_run_loader(str(source), option))]
+
+        def produce():
+            return ((f"{option} {source} feed {i}", f) for i, f in enumerate(_run_loader(str(source), option)))
+
         where = str(source)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -471,25 +509,51 @@ def load_feeds(
             files = [path]
         else:
             raise BadInput(f"{option} {path}: no such file or folder")
-        named = [(f"{option} {file}", _read_npz(file, option)) for file in files]
+
+        def produce():
+            return ((f"{option} {file}", _read_npz(file, option)) for file in files)
+
         where = str(path)
+    elif callable(source) and not callable(getattr(source, "get_next", None)):
+
+        def produce():
+            try:
+                produced = source()
+            except Exception as error:
+                raise BadInput(f"{option}: the feed function failed ({type(error).__name__}: {error})") from None
+            return ((f"{option} feed {i}", f) for i, f in enumerate(_iterate(produced, option)))
+
+        where = f"{getattr(source, '__name__', type(source).__name__)}()"
     else:
         named = [(f"{option} feed {i}", feed) for i, feed in enumerate(_iterate(source, option))]
         where = "arrays" if isinstance(source, Sequence) else f"{type(source).__name__} object"
-    if not named:
+    # One pass checks every feed and notes what was fed; a stream keeps none of them.
+    shapes: dict[str, set[tuple[int, ...]]] = {spec.name: set() for spec in specs}
+    dtypes: dict[str, str] = {}
+    filled_everywhere: dict[str, bool] = {spec.name: True for spec in specs}
+    kept: list[Feed] = []
+    count = 0
+    for label, arrays in produce() if produce is not None else named:
+        feed, filled = _check_feed(arrays, specs, label)
+        for spec in specs:
+            shapes[spec.name].add(tuple(feed[spec.name].shape))
+            dtypes.setdefault(spec.name, str(feed[spec.name].dtype))
+            filled_everywhere[spec.name] &= spec.name in filled
+        if produce is None:
+            kept.append(feed)
+        count += 1
+    if not count:
         raise BadInput(f"{option} {where}: gave no feeds")
-    checked = [_check_feed(arrays, specs, label) for label, arrays in named]
-    feeds = [feed for feed, _ in checked]
+    feeds = FeedStream(produce, specs, count) if produce is not None else kept
     described = FeedSet(feeds, where, hint=f"check the arrays of {option}")
     for spec in specs:
-        shapes = sorted({tuple(feed[spec.name].shape) for feed in feeds})
         entry: dict[str, object] = {
             "name": spec.name,
-            "dtype": str(feeds[0][spec.name].dtype),
-            "shapes": [list(s) for s in shapes],
+            "dtype": dtypes[spec.name],
+            "shapes": [list(s) for s in sorted(shapes[spec.name])],
             "values": f"from {option}",
         }
-        if all(spec.name in filled for _, filled in checked):
+        if filled_everywhere[spec.name]:
             entry["values"] = "empty key/value cache (not in the files), as for a prompt's first step"
         described.inputs.append(entry)
     return described

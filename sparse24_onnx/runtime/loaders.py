@@ -14,7 +14,7 @@ then checks and describes like any others.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,10 +120,9 @@ class ImageRecipe:
             raise BadInput("--std: a standard deviation of 0 divides by zero")
 
 
-def image_feeds(
-    folder: Path, recipe: ImageRecipe, specs: list[InputSpec], *, option: str
-) -> list[dict[str, np.ndarray]]:
-    """Feeds from the image files of ``folder`` (sorted by name) for the model's one image-like input."""
+def image_feeds(folder: Path, recipe: ImageRecipe, specs: list[InputSpec], *, option: str) -> Iterator[dict]:
+    """Feeds from the image files of ``folder`` (sorted by name) for the model's one image-like input, one
+    image read at a time (a generator: wrap it in a function to read the folder again on every pass)."""
     image = _need("PIL.Image", "images", option)
     recipe.check()
     rank4 = [spec for spec in specs if len(spec.dims) == 4]
@@ -144,7 +143,6 @@ def image_feeds(
     mean = _per_channel(recipe.mean, channels, "--mean")
     std = _per_channel(recipe.std, channels, "--std")
     height, width = recipe.size
-    feeds = []
     for file in files:
         try:
             with image.open(file) as picture:
@@ -160,8 +158,7 @@ def image_feeds(
             array = ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(recipe.dtype)
         if recipe.layout == "NCHW":
             array = np.transpose(array, (2, 0, 1))
-        feeds.append({spec.name: np.ascontiguousarray(array[None])})
-    return feeds
+        yield {spec.name: np.ascontiguousarray(array[None])}
 
 
 def _per_channel(values: Sequence[float], channels: int, option: str) -> np.ndarray:
