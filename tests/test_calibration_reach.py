@@ -47,6 +47,14 @@ def test_im2col_rows_times_the_weight_is_onnxruntimes_convolution(weight_shape, 
     np.testing.assert_allclose(np.moveaxis(got, -1, 1), expected, rtol=1e-4, atol=1e-4)
 
 
+def _save(graph: onnx.GraphProto, path):
+    """A graph as an opset-17, IR-8 model file."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def _feeds(model: onnx.ModelProto, count: int = 12) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(3)
     sizes = {"a": (2, 16, 40), "b": (2, 16, 6, 6, 6), "x": (2, 16, 12, 12)}
@@ -124,10 +132,7 @@ def test_layers_inside_if_branches_are_calibrated_where_the_feeds_take_them(tmp_
         helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
     ]
     graph = helper.make_graph(nodes, "m", inputs, [helper.make_tensor_value_info("y", F, ["n", None])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
+    path = _save(graph, tmp_path / "m.onnx")
     not_taken = "1 got magnitude: its If branch (or Loop body) did not run on the calibration feeds"
     for flag, expected in ((True, "sparsegpt ran on 2 of 2 calibrated layers"),
                            (False, f"sparsegpt ran on 1 of 2 calibrated layers; {not_taken}")):  # fmt: skip
@@ -165,10 +170,7 @@ def test_overflowing_activations_are_left_out_and_said_not_a_crash(tmp_path):
         nodes, "m", [helper.make_tensor_value_info("x", F, ["n", 64])],
         [helper.make_tensor_value_info("y", F, ["n", 32])], inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
+    path = _save(graph, tmp_path / "m.onnx")
     for method in ("wanda", "sparsegpt", "admm"):
         feeds = [{"x": rng.standard_normal((16, 64)).astype(np.float32) * (1 if i % 3 else 400)} for i in range(9)]
         result = prune_model(path, tmp_path / f"{method}.onnx", method=method, calibration=feeds, validate=False)
@@ -213,10 +215,7 @@ def test_a_layer_inside_a_loop_body_gets_every_steps_rows(tmp_path):
         nodes, "m", [helper.make_tensor_value_info("x", F, ["n", 64])],
         [helper.make_tensor_value_info("y", F, ["n", 64])], inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "loop.onnx"
-    onnx.save(model, path)
+    path = _save(graph, tmp_path / "loop.onnx")
     feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(8)]
     result = prune_model(path, tmp_path / "out.onnx", calibration=feeds, tune=False, validate=False)
     (record,) = [r for r in result.records if r.name == "w_loop"]
