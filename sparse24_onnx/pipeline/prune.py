@@ -138,7 +138,12 @@ class _PruneRun:
             # The report is staged before OUT is committed: a report that cannot be written stops
             # the run while nothing is written, so OUT and its report land together or not at all.
             staged_report = StagedReport(options.report, report) if options.report is not None else None
-            written = staged.commit() if writes else []
+            try:
+                written = staged.commit() if writes else []
+            except BaseException:
+                if staged_report is not None:
+                    staged_report.discard()
+                raise
             if staged_report is not None:
                 staged_report.commit()
         comparisons = None if outcome is None else outcome.comparisons
