@@ -225,3 +225,32 @@ def test_a_layer_inside_a_loop_body_gets_every_steps_rows(tmp_path):
     (loop,) = [n for n in written.graph.node if n.op_type == "Loop"]
     assert len(loop.output) == 1
     assert len(loop.attribute[0].g.output) == 2
+
+
+def test_grouped_convolutions_get_wanda_per_group_norms(tmp_path):
+    from sparse24_onnx.core.sparsegpt import wanda_importance
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 4, 3, 3))
+    sq = rng.random(8) + 0.1  # 8 input channels, 2 groups of 4
+    got = wanda_importance(w, sq, 1, groups=2)
+    for m in range(8):
+        group = m // 4
+        expected = np.abs(w[m]) * np.sqrt(sq[group * 4 : group * 4 + 4])[:, None, None]
+        np.testing.assert_allclose(got[m], expected)
+    # End to end: the grouped Conv of the shape catalogue is calibrated, with the reason it got Wanda.
+    from models.graph_shapes import cnn
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = [
+        {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+         for i in session.get_inputs()}
+        for _ in range(8)
+    ]  # fmt: skip
+    result = prune_model(path, tmp_path / "o.onnx", calibration=feeds, tc_shapes="off", validate=False, tune=False)
+    (grouped,) = [r for r in result.records if r.name == "grouped.weight"]
+    assert grouped.status == "pruned"
+    assert grouped.calibration["solver"] == "wanda"
+    assert "grouped convolution" in grouped.calibration["fallback"]

@@ -26,10 +26,18 @@ from .quantized import QuantGrid
 __all__ = ["layer_output_error", "refit_kept", "sparsegpt_24", "sparsegpt_factor", "wanda_importance"]
 
 
-def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int) -> np.ndarray:
-    """``|W| * ||X_j||_2`` broadcast along ``axis`` (``input_sq_norm`` holds ``sum of X_j^2``, length K)."""
+def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int, groups: int = 1) -> np.ndarray:
+    """``|W| * ||X_j||_2`` broadcast along ``axis`` (``input_sq_norm`` holds ``sum of X_j^2``, length K).
+
+    With ``groups`` (a grouped convolution: weights ``[M, C/groups, ...]``, ``axis`` 1), ``input_sq_norm``
+    has all ``C`` input channels, and output channel ``m`` reads those of group ``m // (M / groups)``.
+    """
     weights = np.asarray(weights)
     norm = np.sqrt(np.asarray(input_sq_norm, dtype=np.float64))
+    if groups > 1:
+        rows, per_group = weights.shape[0], weights.shape[1]
+        per_row = norm.reshape(groups, per_group)[np.arange(rows) // (rows // groups)]  # (M, C/groups)
+        return np.abs(weights.astype(np.float64)) * per_row.reshape(rows, per_group, *([1] * (weights.ndim - 2)))
     shape = [1] * weights.ndim
     shape[axis] = norm.size
     return np.abs(weights.astype(np.float64)) * norm.reshape(shape)

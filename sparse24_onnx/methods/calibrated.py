@@ -269,7 +269,11 @@ class CalibratedMethod:
             return prune_24_dense(weights, record.axis, out=out)
         view = _MatrixView.of(weights, record.axis, stats)
         if view is None:
-            importance = wanda_importance(weights, stats.sq_norm, record.axis)
+            k, channels = weights.shape[record.axis], stats.sq_norm.shape[0]
+            groups = channels // k if record.axis == 1 and weights.ndim >= 3 and channels % k == 0 else 0
+            if groups < 1 or (groups > 1 and weights.shape[0] % groups):
+                raise Declined(f"its layer input has {channels} channels, which its {k} inputs do not divide into")
+            importance = wanda_importance(weights, stats.sq_norm, record.axis, groups)
             why = f"no Hessian for {self.name} on this layer ({stats.no_hessian or 'its shape does not match'})"
             note = {"method": "wanda", "solver": "wanda", "samples": stats.rows, "layer_output_error": None}
             if self.name != "wanda":
