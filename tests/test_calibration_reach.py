@@ -227,7 +227,7 @@ def test_a_layer_inside_a_loop_body_gets_every_steps_rows(tmp_path):
     assert len(loop.attribute[0].g.output) == 2
 
 
-def test_grouped_convolutions_get_wanda_per_group_norms(tmp_path):
+def test_grouped_convolutions_get_one_hessian_per_group(tmp_path):
     from sparse24_onnx.core.sparsegpt import wanda_importance
 
     rng = np.random.default_rng(6)
@@ -238,7 +238,7 @@ def test_grouped_convolutions_get_wanda_per_group_norms(tmp_path):
         group = m // 4
         expected = np.abs(w[m]) * np.sqrt(sq[group * 4 : group * 4 + 4])[:, None, None]
         np.testing.assert_allclose(got[m], expected)
-    # End to end: the grouped Conv of the shape catalogue is calibrated, with the reason it got Wanda.
+    # End to end: the grouped Conv of the shape catalogue gets SparseGPT, one X^T X per group.
     from models.graph_shapes import cnn
 
     path = tmp_path / "cnn.onnx"
@@ -252,5 +252,27 @@ def test_grouped_convolutions_get_wanda_per_group_norms(tmp_path):
     result = prune_model(path, tmp_path / "o.onnx", calibration=feeds, tc_shapes="off", validate=False, tune=False)
     (grouped,) = [r for r in result.records if r.name == "grouped.weight"]
     assert grouped.status == "pruned"
-    assert grouped.calibration["solver"] == "wanda"
-    assert "grouped convolution" in grouped.calibration["fallback"]
+    assert grouped.calibration["solver"] == "sparsegpt"
+    assert grouped.calibration["groups"] == 2
+    assert "im2col, 2 groups" in grouped.calibration["method"]
+
+
+def test_grouped_im2col_rows_times_each_groups_weights_is_onnxruntimes_convolution():
+    import onnx_ir as ir
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)  # 2 groups of 4 output and 4 input channels
+    x = rng.standard_normal((2, 8, 6, 5)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", F, list(x.shape))],
+        [helper.make_tensor_value_info("y", F, None)], [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    patches = ConvPatches.of(ir.from_proto(model).graph.node(0), w.shape)
+    split = patches.by_group(patches.rows(x))  # (groups, rows, 9 * 4)
+    rows = np.moveaxis(w, 1, -1).reshape(8, -1)
+    for g in range(2):
+        got = (split[g] @ rows[g * 4 : (g + 1) * 4].T).reshape(2, 6, 5, 4)
+        np.testing.assert_allclose(np.moveaxis(got, -1, 1), expected[:, g * 4 : (g + 1) * 4], rtol=1e-4, atol=1e-4)

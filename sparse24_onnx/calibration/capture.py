@@ -89,6 +89,22 @@ class LayerStats:
     def held_out_hessian(self) -> np.ndarray | None:
         return None if self.held_out is None else np.asarray(self.held_out, dtype=np.float64)
 
+    @property
+    def groups(self) -> int:
+        """How many ``X^T X`` there are: a grouped convolution's groups (1 otherwise)."""
+        return 1 if self.hessian is None or np.ndim(self.hessian) == 2 else int(self.hessian.shape[0])
+
+    def group(self, index: int) -> LayerStats:
+        """The statistics of one group of a grouped convolution (its ``X^T X`` and held-out part)."""
+        return LayerStats(
+            self.rows,
+            self.sq_norm,
+            self.hessian[index],
+            im2col=self.im2col,
+            held_out=None if self.held_out is None else self.held_out[index],
+            held_out_rows=self.held_out_rows,
+        )
+
 
 def _data_value(node: ir.Node, index: int, shape: tuple[int, ...]) -> tuple[ir.Value, str | ConvPatches] | None:
     """The activation feeding the layer that reads a weight at ``index``, and how to read its rows.
@@ -117,6 +133,8 @@ class ConvPatches:
     dilations: tuple[int, ...] = ()
     auto_pad: str = "NOTSET"
     why: str = ""
+    #: A grouped convolution's groups: one ``X^T X`` per group, over that group's input channels.
+    groups: int = 1
 
     @classmethod
     def of(cls, node: ir.Node, shape: tuple[int, ...]) -> ConvPatches:
@@ -124,14 +142,15 @@ class ConvPatches:
         group = node.attributes.get_int("group", 1)
         if spatial < 1:
             return cls(None, why=f"a Conv weight of rank {len(shape)}")
-        if group != 1:
-            return cls(None, why=f"a grouped convolution (group={group}): per-group Hessians are not built")
+        if group != 1 and shape[0] % group:
+            return cls(None, why=f"a grouped convolution (group={group}) whose outputs do not divide into groups")
         return cls(
             tuple(int(d) for d in shape[2:]),
             tuple(node.attributes.get_ints("strides", [1] * spatial)),
             tuple(node.attributes.get_ints("pads", [0] * (2 * spatial))),
             tuple(node.attributes.get_ints("dilations", [1] * spatial)),
             node.attributes.get_string("auto_pad", "NOTSET"),
+            groups=group,
         )
 
     def _pads(self, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -173,7 +192,18 @@ class ConvPatches:
         return patches.reshape(n * int(np.prod(out)), int(np.prod(self.kernel)) * c)
 
     def features(self, channels: int) -> int:
+        """K of one (group's) ``X^T X``: kernel positions times the input channels of a group."""
         return int(np.prod(self.kernel)) * channels if self.kernel else channels
+
+    def by_group(self, patches: np.ndarray) -> np.ndarray:
+        """Patches ``(n, positions * C)`` as ``(groups, n, positions * C / groups)``: each group's own
+        channels, still channels fastest (2-D patches as they are when there is one group)."""
+        if self.groups == 1:
+            return patches
+        n = patches.shape[0]
+        positions = int(np.prod(self.kernel))
+        split = patches.reshape(n, positions, self.groups, -1).transpose(2, 0, 1, 3)
+        return np.ascontiguousarray(split).reshape(self.groups, n, -1)
 
 
 def input_rows(array: np.ndarray, layout: str | ConvPatches, dtype=np.float64) -> np.ndarray:
@@ -232,29 +262,31 @@ class _Input:
     #: Feature rows waiting to be multiplied in one larger product (fit rows, held-out rows).
     pending: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
 
-    def pending_rows(self) -> int:
-        return sum(part.shape[0] for parts in self.pending for part in parts)
+    def pending_bytes(self) -> int:
+        return sum(part.nbytes for parts in self.pending for part in parts)
 
     def flush(self) -> None:
         """Add the pending rows' ``X^T X`` to the totals: one product per part (BLAS runs a
-        2048-wide product ~2.5x faster per row on 512 rows than on 128)."""
+        2048-wide product ~2.5x faster per row on 512 rows than on 128); grouped patches
+        ``(groups, rows, K)`` give one product per group."""
         fit, held = self.pending
         stats = self.stats
         if fit:
-            rows = fit[0] if len(fit) == 1 else np.concatenate(fit)
-            stats.hessian += rows.T @ rows
+            rows = fit[0] if len(fit) == 1 else np.concatenate(fit, axis=-2)
+            stats.hessian += np.swapaxes(rows, -1, -2) @ rows
         if held:
-            rows = held[0] if len(held) == 1 else np.concatenate(held)
-            product = rows.T @ rows
+            rows = held[0] if len(held) == 1 else np.concatenate(held, axis=-2)
+            product = np.swapaxes(rows, -1, -2) @ rows
             stats.hessian += product
             stats.held_out += product
         self.pending = ([], [])
 
 
-def stats_bytes(features: int, channels: int, *, hessian: bool, hold_out: bool) -> int:
-    """Bytes one layer input's statistics take (float32 ``X^T X``, its held-out part, float64 ``sq_norm``)."""
+def stats_bytes(features: int, channels: int, *, hessian: bool, hold_out: bool, groups: int = 1) -> int:
+    """Bytes one layer input's statistics take (float32 ``X^T X`` per group, its held-out part, float64
+    ``sq_norm``)."""
     matrices = (2 if hold_out else 1) if hessian and features <= MAX_HESSIAN_K else 0
-    return matrices * features * features * 4 + channels * 8
+    return groups * matrices * features * features * 4 + channels * groups * 8
 
 
 def collect_stats(
@@ -324,7 +356,8 @@ def _passes(items: list[_Input], hessian: bool, hold_out: bool, memory_bytes: in
     groups: list[list[_Input]] = [[]]
     used = 0
     for item in items:
-        size = stats_bytes(item.features, item.channels, hessian=hessian, hold_out=hold_out)
+        conv_groups = item.layout.groups if isinstance(item.layout, ConvPatches) else 1
+        size = stats_bytes(item.features, item.channels, hessian=hessian, hold_out=hold_out, groups=conv_groups)
         if groups[-1] and used + size > memory_bytes:
             groups.append([])
             used = 0
@@ -493,20 +526,22 @@ def _accumulate(
         features = features[np.isfinite(features).all(axis=1)] if features is not rows else rows[finite]
         rows = rows[finite]
     stats = item.stats
+    groups = item.layout.groups if isinstance(item.layout, ConvPatches) and features is not rows else 1
     if stats is None:
-        want = hessian and features.shape[1] <= MAX_HESSIAN_K
-        k = features.shape[1]
+        k = features.shape[1] // groups
+        want = hessian and k <= MAX_HESSIAN_K
         why = ""
         if isinstance(item.layout, ConvPatches) and item.layout.kernel is None:
             why = item.layout.why
         elif hessian and not want:
             why = f"K = {k} is above the {MAX_HESSIAN_K} this tool builds X^T X for"
+        square = (k, k) if groups == 1 else (groups, k, k)
         stats = item.stats = LayerStats(
             0,
             np.zeros(rows.shape[1]),
-            np.zeros((k, k), np.float32) if want else None,
+            np.zeros(square, np.float32) if want else None,
             im2col=features is not rows,
-            held_out=np.zeros((k, k), np.float32) if want and (held or split_rows) else None,
+            held_out=np.zeros(square, np.float32) if want and (held or split_rows) else None,
             no_hessian=why,
         )
     if dropped:
@@ -518,17 +553,19 @@ def _accumulate(
         return
     if (held or split_rows) and stats.held_out is None:
         stats.held_out = np.zeros_like(stats.hessian)
+    if groups > 1:
+        features = item.layout.by_group(features)  # (groups, rows, K)
     fit, pending_held = item.pending
     if held:
         pending_held.append(features)
-        stats.held_out_rows += features.shape[0]
+        stats.held_out_rows += features.shape[-2]
     elif split_rows:
-        pending_held.append(features[3::4])
-        fit.append(np.delete(features, np.s_[3::4], axis=0))
-        stats.held_out_rows += pending_held[-1].shape[0]
+        pending_held.append(features[..., 3::4, :])
+        fit.append(np.delete(features, np.s_[3::4], axis=-2))
+        stats.held_out_rows += pending_held[-1].shape[-2]
     else:
         fit.append(features)
-    if item.pending_rows() * features.shape[1] * 4 >= PENDING_BYTES:
+    if item.pending_bytes() >= PENDING_BYTES:
         item.flush()
 
 

@@ -130,10 +130,12 @@ class _MatrixView:
     so that 4 consecutive columns are 4 input channels at one kernel position.
     """
 
-    def __init__(self, weights: np.ndarray, axis: int, im2col: bool) -> None:
+    def __init__(self, weights: np.ndarray, axis: int, im2col: bool, groups: int = 1) -> None:
         self.shape = weights.shape
         self.axis = axis
         self.im2col = im2col
+        #: A grouped convolution's groups: rows ``[g * M / groups, (g + 1) * M / groups)`` read group ``g``.
+        self.groups = groups
 
     @classmethod
     def of(cls, weights: np.ndarray, axis: int, stats: LayerStats | None) -> _MatrixView | None:
@@ -142,7 +144,9 @@ class _MatrixView:
             return None
         if stats.im2col and weights.ndim >= 3 and axis == 1:
             k = int(np.prod(weights.shape[1:]))
-            return cls(weights, axis, True) if stats.hessian.shape[0] == k else None
+            groups = stats.groups
+            fits = stats.hessian.shape[-1] == k and weights.shape[0] % groups == 0
+            return cls(weights, axis, True, groups) if fits else None
         if weights.ndim == 2 and stats.hessian.shape[0] == weights.shape[axis]:
             return cls(weights, axis, False)
         return None
@@ -282,6 +286,9 @@ class CalibratedMethod:
             return prune_24_dense(weights, record.axis, importance, out=out)
         w = view.rows(weights).astype(np.float64)
         grid = view.grid(record.grid)
+        if view.groups > 1:
+            record.calibration, pruned = self._prune_groups(w, grid, stats, view.groups)
+            return view.tensor(pruned, weights.dtype)
         k = w.shape[1]
         note: dict[str, object] = {"samples": stats.rows, "k": k}
         if stats.rows < k:
@@ -304,6 +311,35 @@ class CalibratedMethod:
         )
         record.calibration = note
         return view.tensor(pruned, weights.dtype)
+
+    def _prune_groups(
+        self, w: np.ndarray, grid: QuantGrid | None, stats: LayerStats, groups: int
+    ) -> tuple[dict[str, object], np.ndarray]:
+        """A grouped convolution, group by group, each with its own ``X^T X``: the candidate is chosen on the
+        first group's held-out rows (tuned) and used for every group; the note gives the mean layer error."""
+        per = w.shape[0] // groups
+        note: dict[str, object] = {"samples": stats.rows, "k": w.shape[1], "groups": groups}
+        pruned = np.empty_like(w)
+        config, errors = None, []
+        for g in range(groups):
+            rows = slice(g * per, (g + 1) * per)
+            part = stats.group(g)
+            part_grid = None if grid is None else QuantGrid(grid.dtype, grid.scale[rows], grid.zero_point[rows],
+                                                            grid.divide)  # fmt: skip
+            if config is None:
+                tuned = self.tune and part.held_out is not None and part.held_out_rows > 0
+                config = self._choose(w[rows], part, part_grid, note) if tuned else self._fixed(w.shape[1])
+            h = self._hessian(part, "full")
+            pruned[rows] = config.solve(w[rows], h, part_grid, self._factors)
+            errors.append(layer_output_error(w[rows], pruned[rows], h))
+        note.update(
+            method=config.label + f" (im2col, {groups} groups)",
+            solver=config.solver,
+            damp=config.damp if config.solver in ("sparsegpt", "admm") or config.refit else None,
+            refit=config.refit,
+            layer_output_error=float(np.mean(errors)),
+        )
+        return note, pruned
 
     def _fixed(self, k: int) -> Config:
         solver = self.name
