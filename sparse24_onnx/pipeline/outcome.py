@@ -139,7 +139,10 @@ def verdict(
         elif not gates:
             verdict = "no bound set"
         elif validation["passed"]:
-            verdict = f"within {bound:g}" if len(gates) == 1 and bound is not None else f"all {len(gates)} gates hold"
+            if len(gates) == 1:
+                verdict = f"within {bound:g}" if bound is not None else f"{gates[0]['option']} holds"
+            else:
+                verdict = f"all {len(gates)} gates hold"
         else:
             verdict = f"FAILED: {validation.get('failure')}"
         head += f"; worst output relative L2 error {worst:.4g} ({verdict})"
