@@ -423,3 +423,13 @@ def test_files_loaders_and_callables_are_streamed_not_held(tmp_path):
     b = prune_model(model, tmp_path / "b.onnx", method="sparsegpt", calibration=list(produce()), validate=False)
     assert digest(tmp_path / "a.onnx") == digest(tmp_path / "b.onnx")
     assert a.report["calibration"]["feeds"] == b.report["calibration"]["feeds"] == 6
+
+
+def test_the_report_gives_the_time_of_each_phase(tmp_path):
+    model = mlp(tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(4)]
+    result = prune_model(model, tmp_path / "o.onnx", calibration=feeds)
+    timings = result.report["timings"]
+    assert list(timings) == ["load", "reference run", "capture", "permutation", "pruning", "saving", "validation"]
+    assert all(seconds >= 0 for seconds in timings.values())

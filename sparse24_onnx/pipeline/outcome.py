@@ -64,6 +64,8 @@ class RunFacts:
     input_files: set[Path] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, object] | None = None
+    #: Wall seconds per phase (load, reference run, capture, permutation, sensitivity search, pruning ...).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def build_report(
@@ -87,6 +89,7 @@ def build_report(
         "tensors": [tensor_entry(r) for r in records],
         "validation": validation,
         "calibration": run.calibration,
+        "timings": run.timings,
         "auto_exclude": None
         if budget is None
         else {

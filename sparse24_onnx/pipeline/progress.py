@@ -9,7 +9,7 @@ import time
 
 from ..passes.weights import WeightRecord
 
-__all__ = ["HEARTBEAT_SECONDS", "LayerProgress"]
+__all__ = ["HEARTBEAT_SECONDS", "LayerProgress", "PhaseClock"]
 
 log = logging.getLogger("sparse24_onnx")
 
@@ -66,3 +66,23 @@ class LayerProgress:
     def finish(self) -> None:
         """End the last layer (its time, if slow) and stop the heartbeat."""
         self._end_layer()
+
+
+class PhaseClock:
+    """Wall time per phase of a run (loading, capture, pruning, validation ...), for the last line and the
+    report: :meth:`lap` charges the time since the previous lap to a phase."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def line(self) -> str:
+        """``done in 3.2 s (load 0.1 s, capture 0.3 s, ...)``; phases under 0.05 s left out."""
+        total = sum(self.seconds.values())
+        shown = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.seconds.items() if seconds >= 0.05)
+        return f"done in {total:.1f} s" + (f" ({shown})" if shown else "")

@@ -41,7 +41,7 @@ from .layer_budget import leave_sensitive_dense
 from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
 from .outcome import PruneResult, RunFacts, build_report, model_size
-from .progress import LayerProgress
+from .progress import LayerProgress, PhaseClock
 from .validate import Reference, run_reference, validate_output
 
 __all__ = ["PruneResult", "prune_model"]
@@ -92,7 +92,7 @@ class _PruneRun:
         self.warnings = self.facts.warnings
 
     def run(self) -> PruneResult:
-        started = time.monotonic()
+        clock = PhaseClock()
         facts, options = self.facts, self.options
         out = check_output_path(facts.output, facts.input)
         check_report_path(options.report, [facts.input, out, out.with_name(out.name + ".data")])
@@ -109,17 +109,23 @@ class _PruneRun:
             method = uncalibrated_method(options.method, options.gradients, {r.name for r in records}, self.warnings)
             session, calibration, feeds = self.feeds(model)
             self.say_found(model, records, calibration)
+            clock.lap("load")
             reference = run_reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
+            clock.lap("reference run")
             method = self.calibrate(model, calibration, stack) or method
+            clock.lap("capture")
             method = self.permute(model, method, calibration, reference)
+            clock.lap("permutation")
             budget = None
             if options.auto_exclude:
                 budget, method = leave_sensitive_dense(
                     model, method, reference.feeds.feeds, reference.outputs, reference.output_names,
                     options.gates,
                 )  # fmt: skip
+                clock.lap("sensitivity search")
             self.prune(model, method, staged, stack, external)
+            clock.lap("pruning")
             records = weight_records(model)
             if calibration is not None:
                 stats = getattr(method, "stats", None) or getattr(getattr(method, "inner", None), "stats", None)
@@ -128,7 +134,10 @@ class _PruneRun:
                 )
             log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
             staged.save(model)
+            clock.lap("saving")
             outcome = None if reference is None else validate_output(staged.path, records, reference, options)
+            clock.lap("validation")
+            facts.timings = {phase: round(seconds, 3) for phase, seconds in clock.seconds.items()}
             if outcome is not None and budget is not None and budget.all_dense:
                 held = ", ".join(options.given(g.option, g.spelled_bound) for g in options.gates)
                 outcome.fail(budget.unmet(options.spell("auto_exclude"), held))
@@ -148,7 +157,7 @@ class _PruneRun:
                 staged_report.commit()
         comparisons = None if outcome is None else outcome.comparisons
         result = PruneResult(report, records, comparisons, out if written else None)
-        log.info("done in %.1f s", time.monotonic() - started)
+        log.info("%s", clock.line())
         if outcome is not None and outcome.passed is False:
             raise ValidationFailed(f"{outcome.failure}; {out} was not written", result=result)
         return result
