@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,6 @@ class ImageRecipe:
     layout: str = "NCHW"
     channels: str = "RGB"
     dtype: str = "float32"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def check(self) -> None:
         if self.layout not in ("NCHW", "NHWC"):
