@@ -3,7 +3,7 @@ so that ``sparse24 --help`` stays fast)."""
 
 from __future__ import annotations
 
-__all__ = ["CALIBRATED", "FORMATS", "METHODS", "RECOMMENDED", "TC_SHAPES"]
+__all__ = ["CALIBRATED", "FORMATS", "METHODS", "RECOMMENDED", "ROWS_PER_FEATURE", "TC_SHAPES"]
 
 #: Pruning methods: how the kept weights of each group of 4 are chosen.
 METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
@@ -15,3 +15,8 @@ RECOMMENDED = "sparsegpt"
 FORMATS = ("dense", "compressed")
 #: Shape rules for Sparse Tensor Cores, strictest first.
 TC_SHAPES = ("strict", "relaxed", "off")
+
+#: Calibration: ``X^T X`` from at most this many rows per input feature (K) over the calibration set, a
+#: sample of each feed's rows beyond that (``--rows-per-feature``; 0: every row).  Chosen by measurement:
+#: docs/performance.md.
+ROWS_PER_FEATURE = 16

@@ -14,7 +14,7 @@ its second-to-last, and ``Conv`` its channels (axis 1).  A weight used by severa
 nodes gets the sum over all of them.
 
 Precision and memory: each feed's ``X^T X`` is one float32 matrix product (what
-BLAS does fastest) added into a float32 total; solvers read the totals as float64.
+BLAS does fastest) added into a float32 total; solvers copy the totals to float64.
 ``held_out`` keeps the part of ``X^T X`` from held-out rows (every 4th feed, or
 every 4th row when there are fewer than 4 feeds), from which the methods choose
 what generalises.  When the statistics of all layers would exceed ``memory_bytes``,
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from ..choices import ROWS_PER_FEATURE
 from ..passes.op_rules import data_operand
 from ..passes.weights import WeightRecord
 from ..runtime.sessions import open_model_session, run_feeds
@@ -44,7 +45,9 @@ log = logging.getLogger("sparse24_onnx")
 
 #: Largest K for which X^T X is accumulated (K x K float32).
 MAX_HESSIAN_K = 16384
-#: Rows of a layer input gathered (per input, in bytes) before their X^T X is computed in one product.
+#: Rows of a layer input gathered (per input, in bytes) before their X^T X is computed in one product: this,
+#: or as many rows as K when that is more (the pending rows then take no more memory than X^T X itself;
+#: a 2048-wide product runs 1.6x faster per row on 2048 rows than on 512).
 PENDING_BYTES = 4 << 20
 
 
@@ -60,7 +63,9 @@ class LayerStats:
             over the im2col patches, ``K = kh * kw * C`` with the channels fastest
             (``im2col`` is then True), while ``sq_norm`` stays per input channel.
         held_out: The part of ``hessian`` from the held-out rows, or None.
-        held_out_rows: How many rows that is.
+        held_out_rows: How many rows that is (of ``hessian_rows``).
+        hessian_rows: How many rows ``hessian`` was accumulated over: ``rows``, or a sample of them
+            (:data:`ROWS_PER_FEATURE`), each sampled row weighted so that the sum estimates all rows'.
     """
 
     rows: int
@@ -76,18 +81,27 @@ class LayerStats:
     #: Rows left out because they held NaN or Inf (the model's own activations overflowed), and on which feeds.
     non_finite_rows: int = 0
     non_finite_feeds: list[int] = field(default_factory=list)
+    hessian_rows: int = 0
+    #: The rows ``X^T X`` could have taken (a convolution's patches: output pixels, not ``rows``).
+    hessian_available: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        """Whether ``X^T X`` comes from a sample of the rows."""
+        return self.hessian is not None and self.hessian_rows < self.hessian_available
 
     def fit_hessian(self) -> np.ndarray:
-        """``X^T X`` over the rows that are not held out (float64)."""
-        total = np.asarray(self.hessian, dtype=np.float64)
-        return total if self.held_out is None else total - np.asarray(self.held_out, dtype=np.float64)
+        """``X^T X`` over the rows that are not held out (float32, as accumulated: the solvers copy it to
+        float64 as they need, so that a large K costs one float64 copy, not one per step)."""
+        total = np.asarray(self.hessian)
+        return total if self.held_out is None else total - np.asarray(self.held_out)
 
     def full_hessian(self) -> np.ndarray:
-        """``X^T X`` over every row (float64)."""
-        return np.asarray(self.hessian, dtype=np.float64)
+        """``X^T X`` over every row (float32; the array itself)."""
+        return np.asarray(self.hessian)
 
     def held_out_hessian(self) -> np.ndarray | None:
-        return None if self.held_out is None else np.asarray(self.held_out, dtype=np.float64)
+        return None if self.held_out is None else np.asarray(self.held_out)
 
     @property
     def groups(self) -> int:
@@ -103,6 +117,8 @@ class LayerStats:
             im2col=self.im2col,
             held_out=None if self.held_out is None else self.held_out[index],
             held_out_rows=self.held_out_rows,
+            hessian_rows=self.hessian_rows,
+            hessian_available=self.hessian_available,
         )
 
 
@@ -167,21 +183,39 @@ class ConvPatches:
             return [(0, 0)] * n
         return [(self.pads[i], self.pads[i + n]) for i in range(n)]
 
-    def rows(self, x: np.ndarray) -> np.ndarray:
+    def _out(self, sizes: tuple[int, ...]) -> list[int]:
+        """The output's spatial sizes for an input of spatial ``sizes`` (ONNX's rule)."""
+        pads = self._pads(sizes)
+        spec = zip(sizes, pads, self.kernel, self.strides, self.dilations, strict=True)
+        return [(size + before + after - d * (k - 1) - 1) // s + 1 for size, (before, after), k, s, d in spec]
+
+    def positions(self, shape: tuple[int, ...]) -> int:
+        """How many patches (output pixels over the batch) an input of ``shape`` gives."""
+        return shape[0] * int(np.prod(self._out(tuple(shape[2:]))))
+
+    def rows(self, x: np.ndarray, sample: np.ndarray | None = None) -> np.ndarray:
         """``(N * outputs, prod(kernel) * C)`` patches, features in (kernel position, channel) order.
 
         With channels fastest, 4 consecutive features are 4 consecutive input
         channels at one kernel position: the groups of 4 TensorRT prunes a Conv
-        weight in.
+        weight in.  ``sample``: only these patches (indices in that order), gathered
+        without building the others.
         """
         n, c, *sizes = x.shape
+        out = self._out(tuple(sizes))
         x = np.pad(x, ((0, 0), (0, 0), *self._pads(tuple(sizes))))
-        sizes = x.shape[2:]
-        out = [
-            (size - d * (k - 1) - 1) // s + 1
-            for size, k, s, d in zip(sizes, self.kernel, self.strides, self.dilations, strict=True)
-        ]
         moved = np.moveaxis(x, 1, -1)  # channels last: (N, *spatial, C)
+        positions = int(np.prod(self.kernel))
+        if sample is not None:
+            # Each sampled patch's corner (batch, output pixel), then one gather per kernel position.
+            corner = np.unravel_index(sample, (n, *out))
+            patches = np.empty((len(sample), *self.kernel, c), dtype=x.dtype)
+            for position in np.ndindex(*self.kernel):
+                index = tuple(
+                    o * s + p * d for o, p, d, s in zip(corner[1:], position, self.dilations, self.strides, strict=True)
+                )
+                patches[(slice(None), *position)] = moved[(corner[0], *index)]
+            return patches.reshape(len(sample), positions * c)
         patches = np.empty((n, *out, *self.kernel, c), dtype=x.dtype)
         for position in np.ndindex(*self.kernel):  # one strided slice per kernel position, whole arrays each
             window = tuple(
@@ -189,7 +223,7 @@ class ConvPatches:
                 for p, d, s, o in zip(position, self.dilations, self.strides, out, strict=True)
             )
             patches[(slice(None), *([slice(None)] * len(out)), *position)] = moved[(slice(None), *window)]
-        return patches.reshape(n * int(np.prod(out)), int(np.prod(self.kernel)) * c)
+        return patches.reshape(n * int(np.prod(out)), positions * c)
 
     def features(self, channels: int) -> int:
         """K of one (group's) ``X^T X``: kernel positions times the input channels of a group."""
@@ -251,16 +285,23 @@ def layer_inputs(model: ir.Model, records: list[WeightRecord]) -> dict[str, list
 
 @dataclass
 class _Input:
-    """One distinct layer input being captured: the value, how its rows are read, its K."""
+    """One statistics accumulator: the layer inputs it sums (one value, or several read by the same weights
+    alike, as the time steps of an unrolled recurrent layer), how their rows are read, and K."""
 
-    value: ir.Value
-    layout: str | ConvPatches
+    sources: list[tuple[ir.Value, str | ConvPatches]]
     features: int  # K of the Hessian (im2col: kh * kw * C)
     channels: int  # K of sq_norm
     stats: LayerStats | None = None
     weights: list[str] = field(default_factory=list)
+    #: Most rows of one feed that ``X^T X`` takes (0: all): :data:`ROWS_PER_FEATURE`.
+    cap: int = 0
     #: Feature rows waiting to be multiplied in one larger product (fit rows, held-out rows).
     pending: tuple[list[np.ndarray], list[np.ndarray]] = field(default_factory=lambda: ([], []))
+
+    @property
+    def layout(self) -> str | ConvPatches:
+        """How the rows are read (the sources agree on everything but a convolution's strides and pads)."""
+        return self.sources[0][1]
 
     def pending_bytes(self) -> int:
         return sum(part.nbytes for parts in self.pending for part in parts)
@@ -299,6 +340,7 @@ def collect_stats(
     memory_bytes: int | None = None,
     spill: Path | None = None,
     hint: str = "check the arrays of --calibration",
+    rows_per_feature: int = ROWS_PER_FEATURE,
 ) -> dict[str, LayerStats]:
     """Run the model on ``feeds`` and accumulate the statistics of each weight's layer input.
 
@@ -309,6 +351,8 @@ def collect_stats(
             layers are captured in several passes, each group spilled to ``spill``.
         spill: A folder for spilled statistics (default: a temporary one, removed at once:
             the spilled matrices stay memory-mapped until the returned statistics go).
+        rows_per_feature: ``X^T X`` from at most this many rows per feature (K) over the feeds,
+            a sample of each feed's rows (:data:`ROWS_PER_FEATURE`); 0: every row.
 
     Returns:
         Per weight name, its statistics (shared between weights that read the same input;
@@ -317,19 +361,39 @@ def collect_stats(
     """
     per_weight = layer_inputs(model, records)
     by_record = {r.name: r for r in records}
-    inputs: dict[tuple[int, object], _Input] = {}
+    readers: dict[tuple[int, object], list[str]] = {}
+    sizes: dict[tuple[int, object], tuple[int, int]] = {}
+    sources: dict[tuple[int, object], tuple[ir.Value, str | ConvPatches]] = {}
     for weight, pairs in per_weight.items():
         record = by_record[weight]
         k = int(record.shape[record.axis]) if record.axis is not None else 1
         for value, layout in pairs:
             key = (id(value), layout)
-            if key not in inputs:  # sizes for the memory estimate (the arrays take the activations' own)
+            if key not in sources:  # sizes for the memory estimate (the arrays take the activations' own)
                 im2col = isinstance(layout, ConvPatches) and layout.kernel is not None
-                inputs[key] = _Input(value, layout, layout.features(k) if im2col else k, k)
-            inputs[key].weights.append(weight)
+                sources[key] = (value, layout)
+                sizes[key] = (layout.features(k) if im2col else k, k)
+                readers[key] = []
+            readers[key].append(weight)
+    # Layer inputs read by exactly the same weights, in the same way, share one accumulator: a weight used
+    # by several nodes gets the sum of their inputs' statistics anyway, and one (K, K) sum instead of one
+    # per node (an LSTM unrolled over 20 steps) saves their memory and the time to fill and add them.
+    inputs: dict[tuple[int, object], _Input] = {}
+    shared: dict[tuple, _Input] = {}
+    for key, (value, layout) in sources.items():
+        kind = layout if isinstance(layout, str) else ("conv", layout.kernel, layout.groups, layout.why)
+        merge = (frozenset(readers[key]), kind, sizes[key])
+        item = shared.get(merge)
+        if item is None:
+            item = shared[merge] = _Input([], *sizes[key], weights=readers[key])
+        item.sources.append((value, layout))
+        inputs[key] = item
     if not inputs:
         return {}
-    groups = _passes(list(inputs.values()), hessian, hold_out, memory_bytes)
+    if rows_per_feature and len(feeds):
+        for item in shared.values():
+            item.cap = max(1, -(-rows_per_feature * item.features // len(feeds)))
+    groups = _passes(list(shared.values()), hessian, hold_out, memory_bytes)
     with tempfile.TemporaryDirectory(prefix="sparse24-stats-", ignore_cleanup_errors=True) as own:
         folder = spill or Path(own)
         for number, group in enumerate(groups, start=1):
@@ -342,7 +406,7 @@ def collect_stats(
         # Spilled matrices stay mapped after their files are removed (POSIX), so the folder can go.
     stats: dict[str, LayerStats] = {}
     for weight, pairs in per_weight.items():
-        parts = [inputs[(id(value), layout)].stats for value, layout in pairs]
+        parts = [inputs[(id(value), layout)].stats for value, layout in pairs]  # an accumulator once
         unique = list({id(p): p for p in parts if p is not None}.values())
         if unique:
             stats[weight] = unique[0] if len(unique) == 1 else _sum(unique)
@@ -452,7 +516,7 @@ def _capture(
     outputs = list(model.graph.outputs)
     undo: list = []
     owners = _branch_owners(model)
-    exposed = {id(item.value): _expose(item.value, model, owners, undo) for item in group}
+    exposed = {id(v): _expose(v, model, owners, undo) for item in group for v, _ in item.sources}
     values = list({id(v): v for v, _ in exposed.values()}.values())
     added = [v for v in values if v not in outputs]
     model.graph.outputs.extend(added)
@@ -469,20 +533,23 @@ def _capture(
                 run = dict(zip(names, run_feeds(session, [feed], hint=hint)[0], strict=True))
                 held = hold_out and by_feed and index % 4 == 3
                 for item in group:
-                    carried, stacked = exposed[id(item.value)]
-                    _accumulate(
-                        item,
-                        _unstack(run[carried.name], stacked),
-                        hessian,
-                        held=held,
-                        split_rows=hold_out and not by_feed,
-                        feed=index,
-                    )
+                    for source, (value, layout) in enumerate(item.sources):
+                        carried, stacked = exposed[id(value)]
+                        _accumulate(
+                            item,
+                            layout,
+                            _unstack(run[carried.name], stacked),
+                            hessian,
+                            held=held,
+                            split_rows=hold_out and not by_feed,
+                            feed=index,
+                            source=source,
+                        )
                 del run
             for item in group:
                 if item.stats is not None and item.stats.hessian is not None:
                     item.flush()
-                elif item.stats is None and item.value.graph is not model.graph:
+                elif item.stats is None and all(v.graph is not model.graph for v, _ in item.sources):
                     item.stats = LayerStats(
                         0,
                         np.zeros(item.channels),
@@ -509,30 +576,52 @@ def _unstack(array: np.ndarray, stacked: int) -> np.ndarray:
 
 
 def _accumulate(
-    item: _Input, activation: np.ndarray, hessian: bool, *, held: bool, split_rows: bool, feed: int = 0
+    item: _Input,
+    layout: str | ConvPatches,
+    activation: np.ndarray,
+    hessian: bool,
+    *,
+    held: bool,
+    split_rows: bool,
+    feed: int = 0,
+    source: int = 0,
 ) -> None:
+    """Add one source's activation on one feed to ``item``'s statistics.
+
+    ``sum of X_j^2`` takes every row; ``X^T X`` a seeded sample of ``item.cap`` rows when the feed has
+    more (seeded by feed, source and K), each weighted by rows / sample so that the sum estimates all rows'.
+    """
     if np.asarray(activation).size == 0:
         return  # the layer did not run on this feed (an If branch not taken): no rows
-    rows = input_rows(activation, item.layout, dtype=np.float32)
-    features = rows
-    if hessian and isinstance(item.layout, ConvPatches) and item.layout.kernel is not None:
-        features = item.layout.rows(np.asarray(activation, dtype=np.float32))
+    rows = input_rows(activation, layout, dtype=np.float32)
+    im2col = hessian and isinstance(layout, ConvPatches) and layout.kernel is not None
+    available = layout.positions(np.shape(activation)) if im2col else rows.shape[0]
+    sample = None
+    if hessian and item.cap and available > item.cap:
+        rng = np.random.default_rng([feed, source, item.features])
+        sample = np.sort(rng.choice(available, item.cap, replace=False))
+    if im2col:
+        features = layout.rows(np.asarray(activation, dtype=np.float32), sample)
+    else:
+        features = rows if sample is None else rows[sample]
     dropped = 0
     if not np.isfinite(rows).all():
         # The model's own activations overflowed on this feed: rows holding NaN or Inf would make every
         # statistic of the layer NaN, so they are left out (and counted, for a warning naming feed and layer).
         finite = np.isfinite(rows).all(axis=1)
         dropped = int((~finite).sum())
-        features = features[np.isfinite(features).all(axis=1)] if features is not rows else rows[finite]
         rows = rows[finite]
+        features = features[np.isfinite(features).all(axis=1)]
+    if sample is not None:
+        features *= np.float32(np.sqrt(available / len(sample)))  # a copy already: rows[sample] or patches
     stats = item.stats
-    groups = item.layout.groups if isinstance(item.layout, ConvPatches) and features is not rows else 1
+    groups = layout.groups if im2col else 1
     if stats is None:
         k = features.shape[1] // groups
         want = hessian and k <= MAX_HESSIAN_K
         why = ""
-        if isinstance(item.layout, ConvPatches) and item.layout.kernel is None:
-            why = item.layout.why
+        if isinstance(layout, ConvPatches) and layout.kernel is None:
+            why = layout.why
         elif hessian and not want:
             why = f"K = {k} is above the {MAX_HESSIAN_K} this tool builds X^T X for"
         square = (k, k) if groups == 1 else (groups, k, k)
@@ -540,7 +629,7 @@ def _accumulate(
             0,
             np.zeros(rows.shape[1]),
             np.zeros(square, np.float32) if want else None,
-            im2col=features is not rows,
+            im2col=im2col,
             held_out=np.zeros(square, np.float32) if want and (held or split_rows) else None,
             no_hessian=why,
         )
@@ -552,9 +641,11 @@ def _accumulate(
     if stats.hessian is None:
         return
     if (held or split_rows) and stats.held_out is None:
-        stats.held_out = np.zeros_like(stats.hessian)
+        stats.held_out = np.zeros(stats.hessian.shape, np.float32)  # calloc: pages arrive as they are written
     if groups > 1:
-        features = item.layout.by_group(features)  # (groups, rows, K)
+        features = layout.by_group(features)  # (groups, rows, K)
+    stats.hessian_rows += features.shape[-2]
+    stats.hessian_available += features.shape[-2] if sample is None else available
     fit, pending_held = item.pending
     if held:
         pending_held.append(features)
@@ -565,7 +656,7 @@ def _accumulate(
         stats.held_out_rows += pending_held[-1].shape[-2]
     else:
         fit.append(features)
-    if item.pending_bytes() >= PENDING_BYTES:
+    if item.pending_bytes() >= max(PENDING_BYTES, stats.hessian.nbytes):
         item.flush()
 
 
@@ -596,6 +687,8 @@ def _sum(parts: list[LayerStats]) -> LayerStats:
         no_hessian=next((p.no_hessian for p in parts if p.no_hessian), ""),
         non_finite_rows=sum(p.non_finite_rows for p in parts),
         non_finite_feeds=sorted({f for p in parts for f in p.non_finite_feeds}),
+        hessian_rows=sum(p.hessian_rows for p in parts),
+        hessian_available=sum(p.hessian_available for p in parts),
     )
     return total
 
@@ -626,6 +719,8 @@ def permute_stats(stats: LayerStats, perm: np.ndarray) -> LayerStats:
         no_hessian=stats.no_hessian,
         non_finite_rows=stats.non_finite_rows,
         non_finite_feeds=stats.non_finite_feeds,
+        hessian_rows=stats.hessian_rows,
+        hessian_available=stats.hessian_available,
     )
 
 

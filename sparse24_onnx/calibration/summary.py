@@ -32,6 +32,8 @@ class CalibrationSummary:
         scarce: Layers with fewer calibration rows than their K, the largest such K, and
             about how many feeds would give K rows (None when none were short).
         non_finite: ``(weight, rows left out, feeds)`` for layers whose input held NaN or Inf.
+        sampled: Layers whose ``X^T X`` came from a sample of their rows, and the rows used and available
+            over them (None when every layer used every row).
     """
 
     requested: str
@@ -40,6 +42,7 @@ class CalibrationSummary:
     others: list[tuple[str, str, int]] = field(default_factory=list)
     scarce: dict[str, int] | None = None
     non_finite: list[tuple[str, int, list[int]]] = field(default_factory=list)
+    sampled: dict[str, int] | None = None
 
     def lines(self) -> list[str]:
         """One line of outcome, then one per warning (for stderr and the report's warnings)."""
@@ -47,6 +50,11 @@ class CalibrationSummary:
         if self.others:
             head += "; " + "; ".join(f"{count} got {method}: {why}" for method, why, count in self.others)
         lines = [head]
+        if self.sampled:
+            lines.append(
+                f"X^T X of {self.sampled['layers']} layer(s) from a sample of their rows ({self.sampled['rows']} of "
+                f"{self.sampled['available']}; --rows-per-feature 0 takes every row)"
+            )
         if self.scarce:
             lines.append(
                 f"{self.scarce['layers']} layer(s) had fewer calibration rows than their K (up to "
@@ -71,6 +79,7 @@ class CalibrationSummary:
             "others": [{"method": m, "why": w, "count": c} for m, w, c in self.others],
             "scarce": self.scarce,
             "non_finite": [{"weight": n, "rows": r, "feeds": f} for n, r, f in self.non_finite],
+            "sampled": self.sampled,
         }
 
 
@@ -86,6 +95,7 @@ def summarize(records: list[WeightRecord], requested: str, feeds: int, stats: di
     summary = CalibrationSummary(requested)
     others: Counter[tuple[str, str]] = Counter()
     scarce_k: list[tuple[int, int]] = []
+    sampled = Counter()
     for record in records:
         note = record.calibration
         if record.status != Status.PRUNED or note is None:
@@ -97,10 +107,14 @@ def summarize(records: list[WeightRecord], requested: str, feeds: int, stats: di
         else:
             why = note.get("fallback") or f"chosen on held-out calibration rows (lower error than {requested})"
             others[(solver or str(note.get("method")), str(why))] += 1
-        k, samples = note.get("k"), note.get("samples")
+        k, samples = note.get("k"), note.get("hessian_rows", note.get("samples"))
         if isinstance(k, int) and isinstance(samples, int) and 0 < samples < k:
             scarce_k.append((k, samples))
+        used, available = note.get("hessian_rows"), note.get("hessian_rows_available")
+        if isinstance(used, int) and isinstance(available, int) and used < available:
+            sampled.update(layers=1, rows=used, available=available)
     summary.others = [(m, w, c) for (m, w), c in others.most_common()]
+    summary.sampled = dict(sampled) or None
     if scarce_k:
         per_feed = max(1.0, min(samples for _, samples in scarce_k) / max(feeds, 1))
         max_k = max(k for k, _ in scarce_k)
@@ -124,7 +138,8 @@ def calibration_entry(
     log = logging.getLogger("sparse24_onnx")
     summary = summarize(records, requested, len(calibration), stats)
     head, *rest = summary.lines()
-    for line, loud in ((head, summary.got < summary.layers), *((line, True) for line in rest)):
+    quiet = {summary.lines()[1]} if summary.sampled else set()
+    for line, loud in ((head, summary.got < summary.layers), *((line, line not in quiet) for line in rest)):
         if loud:
             warnings.append(line)
             log.warning("%s", line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
-from ..choices import FORMATS, METHODS, TC_SHAPES
+from ..choices import FORMATS, METHODS, ROWS_PER_FEATURE, TC_SHAPES
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
@@ -74,6 +74,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
         metavar="GIB",
         help="memory for the layers' calibration statistics; above it they are captured in several passes "
         "(default: a quarter of the machine's memory)",
+    )
+    parser.add_argument(
+        "--rows-per-feature",
+        type=int,
+        metavar="N",
+        help="calibrated methods: X^T X from at most N rows per input feature (K), sampled evenly from each "
+        f"feed (default {ROWS_PER_FEATURE}; 0: every row, e.g. all pixels of every image for a convolution)",
     )
     loaders = parser.add_argument_group("built-in loaders (for --calibration and --inputs)")
     loaders.add_argument(
@@ -220,6 +227,7 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "refit": args.refit,
         "tune": not args.no_tune,
         "calibration_memory": args.calibration_memory,
+        "rows_per_feature": args.rows_per_feature,
         "tokenizer": args.tokenizer,
         "seq_len": args.seq_len,
         "image_size": args.image_size,

@@ -22,8 +22,16 @@ from __future__ import annotations
 import numpy as np
 
 from .quantized import QuantGrid
+from .sparse24 import _keep_masks
 
-__all__ = ["layer_output_error", "refit_kept", "sparsegpt_24", "sparsegpt_factor", "wanda_importance"]
+__all__ = [
+    "factor_inverse",
+    "layer_output_error",
+    "refit_kept",
+    "sparsegpt_24",
+    "sparsegpt_factor",
+    "wanda_importance",
+]
 
 
 def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int, groups: int = 1) -> np.ndarray:
@@ -45,10 +53,7 @@ def wanda_importance(weights: np.ndarray, input_sq_norm: np.ndarray, axis: int, 
 
 def _keep_top2(scores: np.ndarray) -> np.ndarray:
     """Boolean (rows, 4) mask of the 2 highest scores per row, ties to the lower index (as ``prune_24``)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    keep = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(keep, order[:, :2], True, axis=1)
-    return keep
+    return np.stack([k[:, 0] for k in _keep_masks(scores[:, :, None])], axis=1)
 
 
 def sparsegpt_24(
@@ -91,22 +96,25 @@ def sparsegpt_24(
     for start in range(0, k, block):
         stop = min(start + block, k)
         w1 = w[:, start:stop].copy()
-        q1 = np.zeros_like(w1)
-        err1 = np.zeros_like(w1)
+        err1 = np.empty_like(w1)
         hinv1 = hinv[start:stop, start:stop]
-        mask = np.zeros_like(w1, dtype=bool)  # True = pruned
-        for i in range(stop - start):
-            if i % 4 == 0:
-                scores = w1[:, i : i + 4] ** 2 / np.diag(hinv1)[i : i + 4] ** 2
-                mask[:, i : i + 4] = ~_keep_top2(scores)
-            column = w1[:, i]
-            kept = column if grid is None else _column(grid, start + i).round(column)
-            q = np.where(mask[:, i], 0.0, kept)
-            q1[:, i] = q
-            e = (column - q) / hinv1[i, i]
-            w1[:, i:] -= np.outer(e, hinv1[i, i:])
-            err1[:, i] = e
-        w[:, start:stop] = q1
+        for i in range(0, stop - start, 4):
+            # One group of 4 columns: its mask, then its columns one by one, each one's error spread over the
+            # group's later columns; the errors reach the block's later columns in one product.
+            scores = w1[:, i : i + 4] ** 2 / np.diag(hinv1)[i : i + 4] ** 2
+            pruned = ~_keep_top2(scores)
+            group = w1[:, i : i + 4]  # a view: updated in place
+            for j in range(4):
+                column = group[:, j]
+                kept = column if grid is None else _column(grid, start + i + j).round(column)
+                q = np.where(pruned[:, j], 0.0, kept)
+                e = (column - q) / hinv1[i + j, i + j]
+                group[:, j + 1 :] -= np.outer(e, hinv1[i + j, i + j + 1 : i + 4])
+                group[:, j] = q
+                err1[:, i + j] = e
+            if i + 4 < stop - start:
+                w1[:, i + 4 :] -= err1[:, i : i + 4] @ hinv1[i : i + 4, i + 4 :]
+        w[:, start:stop] = w1
         w[:, stop:] -= err1 @ hinv[start:stop, stop:]
     return w
 
@@ -115,15 +123,45 @@ def sparsegpt_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.n
     """SparseGPT's upper Cholesky factor ``U`` of the dampened ``H^-1`` (``H^-1 = U^T U``), and the dead columns.
 
     Columns whose Hessian diagonal is 0 get a diagonal of 1 before dampening.
+
+    Computed without forming ``H^-1``: with ``J`` the order-reversing permutation,
+    ``J H J = L L^T`` (Cholesky), and ``U = J L^-1 J`` is upper triangular with
+    ``U^T U = J L^-T L^-1 J = H^-1``.  One Cholesky and one triangular inverse,
+    ``2/3 K^3`` operations against ``7/3 K^3`` for inverting ``H`` and factoring the
+    inverse (3.5x fewer; 2-3x less time measured for K = 1152 to 4096).
     """
-    h = np.array(hessian, dtype=np.float64)
+    # Everything in the reversed order: one float64 copy of H, reversed as it is made.
+    h = np.array(np.asarray(hessian)[::-1, ::-1], dtype=np.float64, order="C")
     k = h.shape[0]
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    inverse = np.linalg.inv(h)
-    inverse = (inverse + inverse.T) / 2  # symmetric to the last bit, for the factorisation
-    return np.linalg.cholesky(inverse).T, dead
+    lower = np.linalg.cholesky(h)
+    del h
+    upper = np.empty_like(lower)
+    _lower_inverse(lower, upper[::-1, ::-1])  # U's reversed view is lower triangular: written in place
+    return upper, dead[::-1].copy()
+
+
+def _lower_inverse(lower: np.ndarray, out: np.ndarray) -> None:
+    """Write the inverse of a lower-triangular matrix into ``out``, by halves:
+    ``[[A, 0], [C, B]]^-1 = [[A^-1, 0], [-B^-1 C A^-1, B^-1]]`` (matrix products, BLAS's fastest; LAPACK's
+    general inverse below 256)."""
+    n = lower.shape[0]
+    if n <= 256:
+        out[...] = np.tril(np.linalg.inv(lower))
+        return
+    half = n // 2
+    _lower_inverse(lower[:half, :half], out[:half, :half])
+    _lower_inverse(lower[half:, half:], out[half:, half:])
+    out[:half, half:] = 0.0
+    out[half:, :half] = -(out[half:, half:] @ (lower[half:, :half] @ out[:half, :half]))
+
+
+def factor_inverse(factor: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The dampened ``H^-1`` from :func:`sparsegpt_factor`'s factor (``U^T U``): one matrix product."""
+    upper = factor[0]
+    return upper.T @ upper
 
 
 def _column(grid: QuantGrid, index: int) -> QuantGrid:
@@ -153,6 +191,7 @@ def refit_kept(
     damp: float = 0.01,
     tolerance: float = 1e-4,
     steps: int = 12,
+    preconditioner: np.ndarray | None = None,
 ) -> np.ndarray:
     """Least-squares refit of each row's kept weights, the mask fixed.
 
@@ -172,12 +211,15 @@ def refit_kept(
         original: ``(rows, K)`` dense weights.
         pruned: ``(rows, K)`` 2:4 weights whose non-zeros give the mask.
         hessian: ``(K, K)`` ``X^T X``.
+        preconditioner: ``(K, K)`` the dampened ``H^-1`` when the caller has it already
+            (:func:`factor_inverse` of SparseGPT's factor: only the convergence depends on it,
+            not the solution); inverted here otherwise.
     """
     w = np.asarray(original, dtype=np.float64)
     mask = np.asarray(pruned) != 0
     h = np.array(hessian, dtype=np.float64)
     h[np.diag_indices(h.shape[0])] += damp * float(np.mean(np.diag(h))) + 1e-12
-    inverse = np.linalg.inv(h)
+    inverse = np.linalg.inv(h) if preconditioner is None else preconditioner
     target = (w @ h) * mask  # (H w)_S per row
     solution = np.where(mask, np.asarray(pruned, dtype=np.float64), 0.0)
     residual = target - (solution @ h) * mask

@@ -12,7 +12,14 @@ from ..calibration.capture import LayerStats
 from ..core import prune_24_dense
 from ..core.admm import admm_24
 from ..core.quantized import QuantGrid
-from ..core.sparsegpt import layer_output_error, refit_kept, sparsegpt_24, sparsegpt_factor, wanda_importance
+from ..core.sparsegpt import (
+    factor_inverse,
+    layer_output_error,
+    refit_kept,
+    sparsegpt_24,
+    sparsegpt_factor,
+    wanda_importance,
+)
 from ..passes.weights import NOT_FINITE, Declined, WeightRecord
 
 __all__ = [
@@ -78,14 +85,16 @@ class Config:
         else:
             pruned = admm_24(w, h, damp=self.damp, grid=grid)
         if self.refit:
-            pruned = refit_kept(w, pruned, h, damp=self.damp)
+            inverse = factors.inverse(h, self.damp) if factors is not None else None
+            pruned = refit_kept(w, pruned, h, damp=self.damp, preconditioner=inverse)
             if grid is not None:  # back onto the stored weight's grid: the errors include the rounding
                 pruned = grid.round(pruned)
         return np.asarray(pruned, dtype=np.float64)
 
 
 class _Factors:
-    """SparseGPT factorisations of the last few Hessians, so that weights reading one input share them.
+    """SparseGPT factorisations of the last few Hessians (and the inverses the refit preconditions with), so
+    that weights reading one input, and the candidates tried on one layer, share them.
 
     Keyed by the Hessian array's identity (the method hands out one array per layer
     input and kind) and the dampening; a handful are kept (q, k and v follow each other).
@@ -93,16 +102,26 @@ class _Factors:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self.entries: dict[tuple[int, float], tuple[np.ndarray, tuple]] = {}
+        self.entries: dict[tuple[int, float], tuple[np.ndarray, tuple, list]] = {}
 
-    def get(self, h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    def _entry(self, h: np.ndarray, damp: float) -> tuple[np.ndarray, tuple, list]:
         key = (id(h), damp)
         found = self.entries.get(key)
         if found is None or found[0] is not h:
             while len(self.entries) >= self.size:
                 self.entries.pop(next(iter(self.entries)))
-            found = self.entries[key] = (h, sparsegpt_factor(h, damp))
-        return found[1]
+            found = self.entries[key] = (h, sparsegpt_factor(h, damp), [])
+        return found
+
+    def get(self, h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+        return self._entry(h, damp)[1]
+
+    def inverse(self, h: np.ndarray, damp: float) -> np.ndarray:
+        """The dampened ``H^-1``, from the factor (computed once)."""
+        _, factor, inverse = self._entry(h, damp)
+        if not inverse:
+            inverse.append(factor_inverse(factor))
+        return inverse[0]
 
 
 def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool | None) -> list[Config]:
@@ -120,6 +139,11 @@ def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool |
     if refit is True and k <= REFIT_MAX_K:
         configs = [Config(c.solver, c.damp if damp is None else damp, refit=True) for c in configs]
     return configs
+
+
+def _rows_used(stats: LayerStats) -> dict[str, int]:
+    """The report's account of the rows ``X^T X`` took: how many, of how many there were."""
+    return {"hessian_rows": stats.hessian_rows, "hessian_rows_available": stats.hessian_available}
 
 
 class _MatrixView:
@@ -220,6 +244,8 @@ class CalibratedMethod:
         self.refit = refit
         self.tune = tune
         self._factors = _Factors()
+        #: What the layer being pruned is on (a candidate, the final solve): for the progress heartbeat.
+        self.step = ""
         self._hessians: tuple[LayerStats, dict[str, np.ndarray | None]] | None = None
 
     def _hessian(self, stats: LayerStats, kind: str) -> np.ndarray | None:
@@ -290,17 +316,18 @@ class CalibratedMethod:
             record.calibration, pruned = self._prune_groups(w, grid, stats, view.groups)
             return view.tensor(pruned, weights.dtype)
         k = w.shape[1]
-        note: dict[str, object] = {"samples": stats.rows, "k": k}
-        if stats.rows < k:
+        note: dict[str, object] = {"samples": stats.rows, "k": k, **_rows_used(stats)}
+        if stats.hessian_rows < k:
             note["warning"] = (
-                f"{stats.rows} calibration rows for K = {k} inputs: X^T X is rank-deficient, so the fit can "
-                "overfit; bring more calibration data"
+                f"{stats.hessian_rows} calibration rows for K = {k} inputs: X^T X is rank-deficient, so the fit "
+                "can overfit; bring more calibration data"
             )
         if self.tune and stats.held_out is not None and stats.held_out_rows > 0:
             config = self._choose(w, stats, grid, note)
         else:
             config = self._fixed(k)
         h = self._hessian(stats, "full")
+        self.step = f"{config.label} on all rows"
         pruned = config.solve(w, h, grid, self._factors)
         note.update(
             method=config.label + (" (im2col)" if view.im2col else ""),
@@ -318,7 +345,7 @@ class CalibratedMethod:
         """A grouped convolution, group by group, each with its own ``X^T X``: the candidate is chosen on the
         first group's held-out rows (tuned) and used for every group; the note gives the mean layer error."""
         per = w.shape[0] // groups
-        note: dict[str, object] = {"samples": stats.rows, "k": w.shape[1], "groups": groups}
+        note: dict[str, object] = {"samples": stats.rows, "k": w.shape[1], "groups": groups, **_rows_used(stats)}
         pruned = np.empty_like(w)
         config, errors = None, []
         for g in range(groups):
@@ -330,6 +357,7 @@ class CalibratedMethod:
                 tuned = self.tune and part.held_out is not None and part.held_out_rows > 0
                 config = self._choose(w[rows], part, part_grid, note) if tuned else self._fixed(w.shape[1])
             h = self._hessian(part, "full")
+            self.step = f"group {g + 1}/{groups}: {config.label}"
             pruned[rows] = config.solve(w[rows], h, part_grid, self._factors)
             errors.append(layer_output_error(w[rows], pruned[rows], h))
         note.update(
@@ -361,7 +389,10 @@ class CalibratedMethod:
             if grid is not None:
                 grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
         errors: dict[Config, float] = {}
-        for config in candidates(self.name, w.shape[1], stats.rows - stats.held_out_rows, self.damp, self.refit):
+        fit_rows = stats.hessian_rows - stats.held_out_rows
+        tried = candidates(self.name, w.shape[1], fit_rows, self.damp, self.refit)
+        for number, config in enumerate(tried, start=1):
+            self.step = f"candidate {number}/{len(tried)}: {config.label}"
             errors[config] = layer_output_error(w, config.solve(w, fit, grid, self._factors), held)
         # The simplest candidate (magnitude first) within TIE of the lowest error: a held-out estimate
         # from few rows is noisy, and a more complex fit must earn its place.
@@ -372,6 +403,7 @@ class CalibratedMethod:
         affordable = 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
         if self.refit is None and affordable and best.solver != "admm":
             refit = Config(best.solver, best.damp, refit=True)
+            self.step = f"candidate {refit.label}"
             errors[refit] = layer_output_error(w, refit.solve(w, fit, grid, self._factors), held)
             if errors[refit] < errors[best] * (1 - TIE):
                 best = refit
@@ -424,6 +456,7 @@ class SequentialMethod:
         damp: float | None = None,
         refit: bool | None = None,
         tune: bool = True,
+        rows_per_feature: int | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -431,13 +464,22 @@ class SequentialMethod:
         self.damp = damp
         self.refit = refit
         self.tune = tune
+        self.rows_per_feature = rows_per_feature
+        self._current: CalibratedMethod | None = None
+
+    @property
+    def step(self) -> str:
+        """What the layer being pruned is on, for the progress heartbeat."""
+        return "capturing its input on the model pruned so far" if self._current is None else self._current.step
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         from ..calibration.capture import collect_stats
 
-        stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune)
-        inner = CalibratedMethod(self.name, stats, damp=self.damp, refit=self.refit, tune=self.tune)
-        pruned = inner.prune(record, weights, out)
+        sampling = {} if self.rows_per_feature is None else {"rows_per_feature": self.rows_per_feature}
+        self._current = None
+        stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune, **sampling)
+        self._current = CalibratedMethod(self.name, stats, damp=self.damp, refit=self.refit, tune=self.tune)
+        pruned = self._current.prune(record, weights, out)
         if record.calibration is not None:
             record.calibration["sequential"] = True
         return pruned

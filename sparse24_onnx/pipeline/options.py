@@ -54,6 +54,7 @@ class PruneOptions:
     refit: bool | None = None
     tune: bool = True
     calibration_memory: float | None = None
+    rows_per_feature: int | None = None
     tokenizer: str | os.PathLike | None = None
     seq_len: int | None = None
     image_size: str | tuple[int, int] | None = None
@@ -183,6 +184,15 @@ class PruneOptions:
             raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
             raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
+        if self.rows_per_feature is not None:
+            if (
+                isinstance(self.rows_per_feature, bool)
+                or not isinstance(self.rows_per_feature, int)
+                or (self.rows_per_feature < 0)
+            ):
+                raise BadInput(f"{o('rows_per_feature')} must be a whole number, 0 or more (0: every row)")
+            if self.calibration is None:
+                raise BadInput(f"{o('rows_per_feature')} steers {o('calibration')}, which was not given")
         self.gates  # noqa: B018  (parses the bounds, or raises BadInput)
         if self.permute_seconds is not None and not self.permute:
             raise BadInput(f"{o('permute_seconds')} caps {o('permute')}, which was not asked for; drop one")

@@ -66,6 +66,8 @@ class RunFacts:
     calibration: dict[str, object] | None = None
     #: Wall seconds per phase (load, reference run, capture, permutation, sensitivity search, pruning ...).
     timings: dict[str, float] = field(default_factory=dict)
+    #: Threads onnxruntime and NumPy ran with (:func:`~sparse24_onnx.runtime.threads.thread_counts`).
+    threads: dict[str, object] = field(default_factory=dict)
 
 
 def build_report(
@@ -90,6 +92,7 @@ def build_report(
         "validation": validation,
         "calibration": run.calibration,
         "timings": run.timings,
+        "threads": run.threads,
         "auto_exclude": None
         if budget is None
         else {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from ..passes.weights import WeightRecord
 
@@ -25,11 +26,15 @@ class LayerProgress:
     Args:
         verb: What is done to each layer (``pruning``, ``pruning for the sensitivity search``).
         heartbeat: Seconds between "still ..." lines while one layer runs.
+        detail: Says what the layer is on now (a candidate, the final solve), for the "still ..." lines.
     """
 
-    def __init__(self, verb: str = "pruning", heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self, verb: str = "pruning", heartbeat: float = HEARTBEAT_SECONDS, detail: Callable[[], str] | None = None
+    ) -> None:
         self.verb = verb
         self.heartbeat = heartbeat
+        self.detail = detail
         self.last_line = 0.0
         self.current: tuple[str, float] | None = None
         self._stop = threading.Event()
@@ -49,7 +54,10 @@ class LayerProgress:
 
     def _beat(self, name: str, started: float, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat):
-            log.info("still %s %s (%.0f s so far)", self.verb, name, time.monotonic() - started)
+            doing = self.detail() if self.detail is not None else ""
+            log.info(
+                "still %s %s (%.0f s so far%s)", self.verb, name, time.monotonic() - started, f"; {doing}" * bool(doing)
+            )
 
     def _end_layer(self) -> None:
         if self._thread is not None:

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from ..calibration.capture import collect_stats, memory_budget
 from ..calibration.summary import calibration_entry
+from ..choices import ROWS_PER_FEATURE
 from ..errors import BadInput, ValidationFailed
 from ..methods import CalibratedMethod, SequentialMethod, uncalibrated_method
 from ..modelio.load import external_files, needs_external_data
@@ -36,6 +37,7 @@ from ..report import StagedReport, check_report_path
 from ..runtime.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges, load_feeds
 from ..runtime.loaders import image_feeds, text_feeds
 from ..runtime.sessions import open_session
+from ..runtime.threads import thread_counts
 from .channel_order import Guard, choose_channel_order
 from .layer_budget import leave_sensitive_dense
 from .loading import input_path, load_input, refuse_unmatched
@@ -138,6 +140,7 @@ class _PruneRun:
             outcome = None if reference is None else validate_output(staged.path, records, reference, options)
             clock.lap("validation")
             facts.timings = {phase: round(seconds, 3) for phase, seconds in clock.seconds.items()}
+            facts.threads = thread_counts()
             if outcome is not None and budget is not None and budget.all_dense:
                 held = ", ".join(options.given(g.option, g.spelled_bound) for g in options.gates)
                 outcome.fail(budget.unmet(options.spell("auto_exclude"), held))
@@ -268,6 +271,7 @@ class _PruneRun:
         options = self.options
         if calibration is None:
             return None
+        rows_per_feature = ROWS_PER_FEATURE if options.rows_per_feature is None else options.rows_per_feature
         if options.sequential:
             return SequentialMethod(
                 options.method,
@@ -276,6 +280,7 @@ class _PruneRun:
                 damp=options.damp,
                 refit=options.refit,
                 tune=options.tune,
+                rows_per_feature=rows_per_feature,
             )
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
@@ -289,6 +294,7 @@ class _PruneRun:
             memory_bytes=memory_budget(options.calibration_memory),
             spill=spill,
             hint=calibration.hint,
+            rows_per_feature=rows_per_feature,
         )
         log.info("captured in %.1f s", time.monotonic() - started)
         return CalibratedMethod(options.method, stats, damp=options.damp, refit=options.refit, tune=options.tune)
@@ -319,7 +325,7 @@ class _PruneRun:
         todo = sum(r.status == Status.CANDIDATE for r in weight_records(model))
         log.info("pruning %d weights (%s)", todo, method.name)
         started = time.monotonic()
-        progress = LayerProgress()
+        progress = LayerProgress(detail=lambda: getattr(method, "step", ""))
         rewrite = [PruneWeights(method, progress=progress, sink=prune_sink)]
         if compressed:
             rewrite.append(CompressWeights(sink=staged))

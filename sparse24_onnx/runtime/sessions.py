@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import BadInput
+from .threads import usable_cores
 
 __all__ = [
     "choose_providers",
@@ -81,6 +82,10 @@ def _providers(ort) -> list[str]:
 def _options(ort):
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET
+    # One thread per usable core, and none spinning between runs: NumPy's products follow each run on the
+    # same cores (see threads.py).
+    options.intra_op_num_threads = usable_cores()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
