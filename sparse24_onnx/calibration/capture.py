@@ -49,6 +49,10 @@ MAX_HESSIAN_K = 16384
 #: or as many rows as K when that is more (the pending rows then take no more memory than X^T X itself;
 #: a 2048-wide product runs 1.6x faster per row on 2048 rows than on 512).
 PENDING_BYTES = 4 << 20
+#: Pending rows of all layer inputs of a capture pass together: above this, every input's are multiplied in
+#: after the feed (so that many large inputs, each holding up to K rows, do not add up: 22 decoder layers
+#: would hold ~2 GiB).
+PENDING_TOTAL_BYTES = 256 << 20
 
 
 @dataclass
@@ -546,6 +550,10 @@ def _capture(
                             source=source,
                         )
                 del run
+                if sum(item.pending_bytes() for item in group) > PENDING_TOTAL_BYTES:
+                    for item in group:
+                        if item.stats is not None and item.stats.hessian is not None:
+                            item.flush()
             for item in group:
                 if item.stats is not None and item.stats.hessian is not None:
                     item.flush()
