@@ -3,7 +3,16 @@ so that ``sparse24 --help`` stays fast)."""
 
 from __future__ import annotations
 
-__all__ = ["CALIBRATED", "FORMATS", "METHODS", "RECOMMENDED", "ROWS_PER_FEATURE", "TC_SHAPES"]
+__all__ = [
+    "ACTIVATION_CALIBRATIONS",
+    "CALIBRATED",
+    "FORMATS",
+    "METHODS",
+    "QUANTIZE",
+    "RECOMMENDED",
+    "ROWS_PER_FEATURE",
+    "TC_SHAPES",
+]
 
 #: Pruning methods: how the kept weights of each group of 4 are chosen.
 METHODS = ("magnitude", "gradient", "wanda", "sparsegpt", "admm")
@@ -20,3 +29,8 @@ TC_SHAPES = ("strict", "relaxed", "off")
 #: sample of each feed's rows beyond that (``--rows-per-feature``; 0: every row).  Chosen by measurement:
 #: docs/performance.md.
 ROWS_PER_FEATURE = 16
+
+#: ``--quantize``: the low types the pruned weights (and their layers' inputs) are stored and run in.
+QUANTIZE = ("int8", "fp8")
+#: ``--activation-calibration``: onnxruntime's calibrators for the activations' scales, the default first.
+ACTIVATION_CALIBRATIONS = ("minmax", "percentile", "entropy")

@@ -41,8 +41,16 @@ def test_cli_defaults_are_the_library_defaults():
         assert value == default or (not value and not default), (name, value, default)
 
 
-@pytest.mark.parametrize(("flag", "values"), [("--method", choices.METHODS), ("--format", choices.FORMATS),
-                                               ("--tc-shapes", choices.TC_SHAPES)])  # fmt: skip
+CHOICES = [
+    ("--method", choices.METHODS),
+    ("--format", choices.FORMATS),
+    ("--tc-shapes", choices.TC_SHAPES),
+    ("--quantize", choices.QUANTIZE),
+    ("--activation-calibration", choices.ACTIVATION_CALIBRATIONS),
+]
+
+
+@pytest.mark.parametrize(("flag", "values"), CHOICES)
 def test_choices_come_from_one_place(flag, values):
     action = next(a for a in _optimize_parser()._actions if flag in a.option_strings)
     assert tuple(action.choices) == values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
-from ..choices import FORMATS, METHODS, ROWS_PER_FEATURE, TC_SHAPES
+from ..choices import ACTIVATION_CALIBRATIONS, FORMATS, METHODS, QUANTIZE, ROWS_PER_FEATURE, TC_SHAPES
 from .common import emit, progress_to_stderr
 
 EXAMPLES = """examples:
@@ -81,6 +81,19 @@ def add_parser(commands) -> argparse.ArgumentParser:
         metavar="N",
         help="calibrated methods: X^T X from at most N rows per input feature (K), sampled evenly from each "
         f"feed (default {ROWS_PER_FEATURE}; 0: every row, e.g. all pixels of every image for a convolution)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="also quantize: pruned weights stored as int8 or FP8 (E4M3) behind DequantizeLinear, per output "
+        "channel, symmetric, rounded jointly with the pruning; their layers' inputs get Q/DQ pairs with scales "
+        "from the calibration feeds: a QDQ model for TensorRT's explicit quantization (needs --calibration)",
+    )
+    parser.add_argument(
+        "--activation-calibration",
+        choices=ACTIVATION_CALIBRATIONS,
+        default=ACTIVATION_CALIBRATIONS[0],
+        help="--quantize: onnxruntime's calibrator for the activations' scales (default %(default)s)",
     )
     loaders = parser.add_argument_group("built-in loaders (for --calibration and --inputs)")
     loaders.add_argument(
@@ -228,6 +241,8 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "tune": not args.no_tune,
         "calibration_memory": args.calibration_memory,
         "rows_per_feature": args.rows_per_feature,
+        "quantize": args.quantize,
+        "activation_calibration": args.activation_calibration,
         "tokenizer": args.tokenizer,
         "seq_len": args.seq_len,
         "image_size": args.image_size,

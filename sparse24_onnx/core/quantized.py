@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QuantGrid"]
+__all__ = ["QuantGrid", "largest_value", "symmetric_grid"]
 
 
 def _is_float8(dtype: np.dtype) -> bool:
@@ -146,3 +146,30 @@ def _finfo_max(dtype: np.dtype) -> float:
         return _FLOAT8_MAX[dtype.name]
     except KeyError:
         raise TypeError(f"no quantization grid for dtype {dtype.name}") from None
+
+
+def largest_value(dtype: np.dtype) -> float:
+    """The largest magnitude a symmetric grid of ``dtype`` stores: 127 for int8 (-128 is left unused, as
+    TensorRT's symmetric quantization does), 448 for FP8 E4M3."""
+    dtype = np.dtype(dtype)
+    return _finfo_max(dtype) if _is_float8(dtype) else float(_int_range(dtype)[1])
+
+
+def symmetric_grid(weights: np.ndarray, out_axis: int, dtype: np.dtype) -> QuantGrid:
+    """A symmetric per-output-channel grid of ``dtype`` for ``weights`` (TensorRT's weight quantization).
+
+    Each channel along ``out_axis`` gets ``scale = max|w| / Q`` over its other axes (``Q`` =
+    :func:`largest_value`: 127 for int8, 448 for FP8 E4M3), so that its largest weight lands on the
+    grid's largest value and the rest round to the nearest step; the zero point is 0.  A channel of zeros
+    gets scale 1 (any scale stores zeros exactly).  Scale and zero point keep the channel axis and have
+    length 1 on the others, so they broadcast over ``weights``.
+    """
+    dtype = np.dtype(dtype)
+    weights = np.asarray(weights, dtype=np.float32)
+    axis = out_axis % weights.ndim
+    others = tuple(a for a in range(weights.ndim) if a != axis)
+    amax = np.max(np.abs(weights), axis=others) if others else np.abs(weights)
+    scale = np.where(amax > 0, amax / np.float32(largest_value(dtype)), np.float32(1.0)).astype(np.float32)
+    shape = [1] * weights.ndim
+    shape[axis] = scale.size
+    return QuantGrid(dtype, scale.reshape(shape), np.zeros(shape, dtype=dtype))

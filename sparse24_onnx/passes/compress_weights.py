@@ -22,6 +22,7 @@ from ..modelio.compressed import (
     InitializerEdits,
 )
 from .base import NeedsWeights, PassResult
+from .naming import unique_name
 from .prune_weights import InMemory, TensorSink
 from .weights import Declined, InitializerSource, Status, WeightRecord, weight_records
 
@@ -306,8 +307,8 @@ def compress_record(
         raise Declined("its dense form is not 2:4 along its axis")
     name = record.name
     builder = _Builder(name, taken, context)
-    values_name = _unique(name + VALUES_SUFFIX, taken)
-    metadata_name = _unique(name + METADATA_SUFFIX, taken)
+    values_name = unique_name(name + VALUES_SUFFIX, taken)
+    metadata_name = unique_name(name + METADATA_SUFFIX, taken)
     values_tensor = ir.Tensor(sparse.values, dtype=tensor.dtype, name=values_name)
     metadata_tensor = ir.Tensor(sparse.metadata, name=metadata_name)
 
@@ -364,12 +365,3 @@ def _insert(graph: ir.Graph | ir.Function, top: ir.Node | None, nodes: list[ir.N
         graph.extend(nodes)
     else:
         graph.insert_before(top, nodes)
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, i = name, 1
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    taken.add(candidate)
-    return candidate

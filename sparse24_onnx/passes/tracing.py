@@ -97,6 +97,9 @@ class Dequantization:
     grid: QuantGrid | None
     scheme: str
     symmetric: bool
+    #: When ``--quantize`` stored the weight so: the type, where the scales came from, and the rounding's
+    #: own error (relative L2 of round-to-nearest against the float weight, before any pruning).
+    quantized_by: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         entry: dict[str, object] = {
@@ -105,6 +108,8 @@ class Dequantization:
             "scheme": self.scheme,
             "symmetric": self.symmetric,
         }
+        if self.quantized_by is not None:
+            entry["quantized_by"] = self.quantized_by
         if not self.symmetric:
             entry["tensorrt"] = TENSORRT_ZERO_POINT
         return entry

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..choices import CALIBRATED, FORMATS, METHODS, RECOMMENDED
+from ..choices import ACTIVATION_CALIBRATIONS, CALIBRATED, FORMATS, METHODS, QUANTIZE, RECOMMENDED
 from ..errors import BadInput
 from ..runtime.feeds import parse_int_ranges, parse_shapes
 from ..runtime.loaders import IMAGE_SUFFIXES
@@ -55,6 +55,8 @@ class PruneOptions:
     tune: bool = True
     calibration_memory: float | None = None
     rows_per_feature: int | None = None
+    quantize: str | None = None
+    activation_calibration: str = "minmax"
     tokenizer: str | os.PathLike | None = None
     seq_len: int | None = None
     image_size: str | tuple[int, int] | None = None
@@ -184,6 +186,7 @@ class PruneOptions:
             raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
             raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
+        self._check_quantize()
         if self.rows_per_feature is not None:
             if (
                 isinstance(self.rows_per_feature, bool)
@@ -285,6 +288,25 @@ class PruneOptions:
     def cap_seconds(self) -> float:
         """The permutation phase's time cap (``permute_seconds``, default 60)."""
         return 60.0 if self.permute_seconds is None else float(self.permute_seconds)
+
+    def _check_quantize(self) -> None:
+        o = self.spell
+        if self.activation_calibration not in ACTIVATION_CALIBRATIONS:
+            raise BadInput(
+                f"{self.given('activation_calibration', self.activation_calibration, quote=True)}: choose one of "
+                f"{', '.join(ACTIVATION_CALIBRATIONS)}"
+            )
+        if self.quantize is None:
+            if self.activation_calibration != ACTIVATION_CALIBRATIONS[0]:
+                raise BadInput(f"{o('activation_calibration')} steers {o('quantize')}, which was not given")
+            return
+        if self.quantize not in QUANTIZE:
+            raise BadInput(f"{self.given('quantize', self.quantize, quote=True)}: choose one of {', '.join(QUANTIZE)}")
+        if not self.calibrated:
+            raise BadInput(
+                f"{o('quantize')} needs a calibrated method and {o('calibration')}: the activations' scales come "
+                "from the calibration feeds, and SparseGPT/ADMM round the kept weights jointly"
+            )
 
     def _check_combinations(self) -> None:
         o = self.spell

@@ -68,6 +68,8 @@ class RunFacts:
     timings: dict[str, float] = field(default_factory=dict)
     #: Threads onnxruntime and NumPy ran with (:func:`~sparse24_onnx.runtime.threads.thread_counts`).
     threads: dict[str, object] = field(default_factory=dict)
+    #: ``--quantize``: what was quantized, the activations' scales, TensorRT's rules (None without it).
+    quantize: dict[str, object] | None = None
 
 
 def build_report(
@@ -93,6 +95,7 @@ def build_report(
         "calibration": run.calibration,
         "timings": run.timings,
         "threads": run.threads,
+        "quantize": run.quantize,
         "auto_exclude": None
         if budget is None
         else {

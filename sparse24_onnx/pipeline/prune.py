@@ -44,6 +44,7 @@ from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
 from .outcome import PruneResult, RunFacts, build_report, model_size
 from .progress import LayerProgress, PhaseClock
+from .quantize import QuantizeStep, check_quantizable
 from .validate import Reference, run_reference, validate_output
 
 __all__ = ["PruneResult", "prune_model"]
@@ -99,6 +100,10 @@ class _PruneRun:
         out = check_output_path(facts.output, facts.input)
         check_report_path(options.report, [facts.input, out, out.with_name(out.name + ".data")])
         model = load_input(facts.input, self.warnings)
+        step = None
+        if options.quantize is not None:
+            model = check_quantizable(model, options.quantize, options.spell("quantize"), self.warnings)
+            step = QuantizeStep(options.quantize, options.activation_calibration, options.spell("quantize"))
         facts.input_files = external_files(model)
         check_report_path(options.report, facts.input_files)
         external = options.external_data or needs_external_data(model)
@@ -108,6 +113,11 @@ class _PruneRun:
         ):
             # Pre-flight, silent: every check that can refuse the run comes before the first progress line.
             records = self.find(model)
+            if step is not None:  # the weights on the low type's grid: found again as quantized weights
+                step.weights(model)
+                records = self.find(model)
+                step.mark(records)
+                self.warnings += step.left_float_lines()
             method = uncalibrated_method(options.method, options.gradients, {r.name for r in records}, self.warnings)
             session, calibration, feeds = self.feeds(model)
             self.say_found(model, records, calibration)
@@ -134,9 +144,15 @@ class _PruneRun:
                 facts.calibration = calibration_entry(
                     records, options.method, options.method_chosen, calibration, stats, self.warnings
                 )
+            if step is not None:
+                step.activations(model, records, calibration.feeds, self.warnings)
+                clock.lap("activation calibration")
             log.info("saving %s%s", out, f" with external data {out.name}.data" if external else "")
             staged.save(model)
             clock.lap("saving")
+            if step is not None:
+                step.check(model, self.warnings)
+                facts.quantize = step.entry()
             outcome = None if reference is None else validate_output(staged.path, records, reference, options)
             clock.lap("validation")
             facts.timings = {phase: round(seconds, 3) for phase, seconds in clock.seconds.items()}
