@@ -60,7 +60,8 @@ def activation_scales(
             providers=["CPUExecutionProvider"],
             extra_options={"symmetric": True},
         )
-        calibrator.collect_data(_Reader(feeds))
+        for feed in feeds:  # one at a time: the histogram calibrators stack a batch's tensors, whose shapes vary
+            calibrator.collect_data(_Reader([feed]))
         ranges = calibrator.compute_data()
         del calibrator
     scales = {}

@@ -42,6 +42,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         action="store_true",
         help="also require 2:4 of the weights the model's sparse24 metadata says were left dense on purpose",
     )
+    parser.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also check the Q/DQ nodes against TensorRT's explicit-quantization rules (zero points 0, "
+        "per-tensor activation scales, weight DequantizeLinear straight into its product, ...)",
+    )
     parser.add_argument("--report", metavar="PATH.json", help="write a JSON report ('-': stdout)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("--version", action="version", version=f"sparse24-onnx {__version__}")
@@ -54,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
     progress_to_stderr(not args.quiet)
     result = check_model(
-        args.model, exclude=args.exclude, tc_shapes=args.tc_shapes, strict=args.strict, report=args.report
+        args.model,
+        exclude=args.exclude,
+        tc_shapes=args.tc_shapes,
+        strict=args.strict,
+        tensorrt=args.tensorrt,
+        report=args.report,
     )
     if not args.quiet:
         on_stdout = args.report == "-"

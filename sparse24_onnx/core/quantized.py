@@ -155,7 +155,7 @@ def largest_value(dtype: np.dtype) -> float:
     return _finfo_max(dtype) if _is_float8(dtype) else float(_int_range(dtype)[1])
 
 
-def symmetric_grid(weights: np.ndarray, out_axis: int, dtype: np.dtype) -> QuantGrid:
+def symmetric_grid(weights: np.ndarray, out_axis: int, dtype: np.dtype, headroom: float = 1.0) -> QuantGrid:
     """A symmetric per-output-channel grid of ``dtype`` for ``weights`` (TensorRT's weight quantization).
 
     Each channel along ``out_axis`` gets ``scale = max|w| / Q`` over its other axes (``Q`` =
@@ -163,13 +163,18 @@ def symmetric_grid(weights: np.ndarray, out_axis: int, dtype: np.dtype) -> Quant
     grid's largest value and the rest round to the nearest step; the zero point is 0.  A channel of zeros
     gets scale 1 (any scale stores zeros exactly).  Scale and zero point keep the channel axis and have
     length 1 on the others, so they broadcast over ``weights``.
+
+    ``headroom`` multiplies the scales: room above the dense weights' largest magnitude for values that
+    grow later (SparseGPT's kept weights absorb their pruned neighbours' contribution), at the price of a
+    coarser step.
     """
     dtype = np.dtype(dtype)
     weights = np.asarray(weights, dtype=np.float32)
     axis = out_axis % weights.ndim
     others = tuple(a for a in range(weights.ndim) if a != axis)
     amax = np.max(np.abs(weights), axis=others) if others else np.abs(weights)
-    scale = np.where(amax > 0, amax / np.float32(largest_value(dtype)), np.float32(1.0)).astype(np.float32)
+    step = amax * np.float32(headroom) / np.float32(largest_value(dtype))
+    scale = np.where(amax > 0, step, np.float32(1.0)).astype(np.float32)
     shape = [1] * weights.ndim
     shape[axis] = scale.size
     return QuantGrid(dtype, scale.reshape(shape), np.zeros(shape, dtype=dtype))

@@ -24,6 +24,7 @@ from ..modelio.provenance import read_provenance
 from ..passes import FindWeights
 from ..passes.weights import Status, WeightRecord, all_graphs, data_problem
 from ..report import check_report_path, format_table, report_header, tensor_entry, write_json
+from ..validation.tensorrt_rules import tensorrt_violations
 from .loading import input_path, load_input, refuse_unmatched
 
 __all__ = ["CheckResult", "check_model"]
@@ -55,6 +56,10 @@ class CheckResult:
     @property
     def verdict(self) -> str:
         summary = self.report["summary"]
+        rules = self.report.get("tensorrt_rules") or {}
+        if rules.get("violations"):
+            broken = rules["violations"]
+            return f"FAIL: {len(broken)} place(s) break TensorRT's explicit-quantization rules, first: {broken[0]}"
         if not self.records:
             return "no MatMul/Gemm/Conv weight held as a constant: nothing to check"
         eligible = summary["sparse"] + summary["not_sparse"]
@@ -75,6 +80,7 @@ def check_model(
     exclude: list[str] | tuple[str, ...] = (),
     tc_shapes: str | None = None,
     strict: bool = False,
+    tensorrt: bool = False,
     report: str | os.PathLike | None = None,
 ) -> CheckResult:
     """Check that every eligible MatMul/Gemm/Conv weight of ``model`` is 2:4 along its axis.
@@ -85,6 +91,8 @@ def check_model(
         tc_shapes: Which shapes count as eligible (``strict``, ``relaxed``, ``off``); default: the rule
             recorded in the model's ``sparse24`` metadata, else ``strict``.
         strict: Also require 2:4 of the weights the metadata says were left dense on purpose.
+        tensorrt: Also require the Q/DQ nodes to follow TensorRT's explicit-quantization rules
+            (:mod:`~sparse24_onnx.validation.tensorrt_rules`; a model without Q/DQ follows them).
         report: Also write the report (JSON) there (``-``: stdout); never over the model or its data.
 
     Raises:
@@ -110,12 +118,13 @@ def check_model(
         intended = {} if strict else provenance.get("dense", {})
         check_records(records, intended if isinstance(intended, dict) else {})
         records += compressed_records(loaded)
+        violations = tensorrt_violations(loaded) if tensorrt else None
     failing = [r for r in records if r.status == Status.NOT_SPARSE]
     sparse = [r for r in records if r.status == Status.SPARSE]
     on_purpose = [r for r in records if r.deliberate]
     # A model none of whose weights is 2:4, because every eligible one was left dense on purpose, is not a
     # sparse model: the gate must not pass it as "all 0 eligible weights are 2:4".
-    exit_code = ExitCode.FAILED_CHECK if failing or (on_purpose and not sparse) else ExitCode.OK
+    exit_code = ExitCode.FAILED_CHECK if failing or (on_purpose and not sparse) or violations else ExitCode.OK
     document = {
         **report_header("check"),
         "model": label,
@@ -129,6 +138,7 @@ def check_model(
         },
         "warnings": warnings,
         "tensors": [tensor_entry(r) for r in records],
+        "tensorrt_rules": None if violations is None else {"checked": True, "violations": violations},
         "exit_code": int(exit_code),
     }
     if report is not None:

@@ -103,7 +103,9 @@ class _PruneRun:
         step = None
         if options.quantize is not None:
             model = check_quantizable(model, options.quantize, options.spell("quantize"), self.warnings)
-            step = QuantizeStep(options.quantize, options.activation_calibration, options.spell("quantize"))
+            step = QuantizeStep(
+                options.quantize, options.activation_calibration, options.spell("quantize"), options.method
+            )
         facts.input_files = external_files(model)
         check_report_path(options.report, facts.input_files)
         external = options.external_data or needs_external_data(model)

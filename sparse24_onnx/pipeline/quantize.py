@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from ..errors import BadInput
 from ..passes.quantize_activations import QuantizeActivations, data_input_index
-from ..passes.quantize_weights import QuantizeWeights
+from ..passes.quantize_weights import UPDATE_HEADROOM, QuantizeWeights
 from ..passes.weights import WeightRecord, all_graphs
 from ..validation.tensorrt_rules import tensorrt_violations
 
@@ -50,7 +50,6 @@ def check_quantizable(model: ir.Model, kind: str, option: str, warnings: list[st
     need = MIN_OPSET[kind]
     if have >= need:
         return model
-    import onnx
     from onnx import version_converter
 
     size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
@@ -60,8 +59,8 @@ def check_quantizable(model: ir.Model, kind: str, option: str, warnings: list[st
             f"(onnx.version_converter.convert_version(model, {need})); it is too large to convert here"
         )
     try:
+        ir.external_data.load_to_model(model)  # the converter reads protobuf tensors, not files beside them
         converted = version_converter.convert_version(ir.to_proto(model), need)
-        onnx.checker.check_model(converted)
     except Exception as error:  # the converter lacks an adapter for some op: say which
         reason = " ".join(str(error).split())[:200]
         raise BadInput(
@@ -81,11 +80,12 @@ def check_quantizable(model: ir.Model, kind: str, option: str, warnings: list[st
 class QuantizeStep:
     """One run's quantization: :meth:`weights` before pruning, :meth:`activations` after it, :meth:`entry`."""
 
-    def __init__(self, kind: str, calibration_method: str, option: str) -> None:
+    def __init__(self, kind: str, calibration_method: str, option: str, method: str) -> None:
         self.kind = kind
         self.calibration_method = calibration_method
         self.option = option
-        self.quantizer = QuantizeWeights(kind)
+        # Wanda keeps the kept weights as they are: no headroom needed above the dense ones.
+        self.quantizer = QuantizeWeights(kind, 1.0 if method == "wanda" else UPDATE_HEADROOM)
         self.scales: dict = {}
         self.unscaled: list[str] = []
         self.violations: list[str] = []
