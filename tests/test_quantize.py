@@ -289,3 +289,21 @@ def test_check_tensorrt_gates_on_the_rules(models_dir, tmp_path):
     assert result.exit_code == 1
     assert any("non-zero zero point" in v for v in result.report["tensorrt_rules"]["violations"])
     assert result.verdict.startswith("FAIL: ")
+
+
+def test_weights_held_in_constant_nodes_are_quantized_too(models_dir, tmp_path):
+    """Exporters such as Paddle's hold every weight in a Constant node: those take the form as well."""
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((16, 32)).astype(np.float32)} for _ in range(8)]
+    out = tmp_path / "o.onnx"
+    result = prune_model(models_dir / "constant_nodes.onnx", out, calibration=calibration, quantize="int8",
+                         inputs=calibration[:2])  # fmt: skip
+    entry = result.report["quantize"]
+    assert entry["weights"] >= 2
+    assert not any("Constant" in e["why"] or "subgraph" in e["why"] for e in entry["left_float"])
+    assert entry["tensorrt_rules"]["violations"] == []
+    model = onnx.load(out)
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    low = [name for name, node in constants.items() if node.attribute[0].t.data_type == TensorProto.INT8]
+    assert len(low) == entry["weights"]
+    assert check_model(out, tensorrt=True).passed

@@ -15,7 +15,7 @@ kept weights (:data:`UPDATE_HEADROOM`): fitted to the dense weights alone, the g
 saturates the kept weights that grew, which costs more than the coarser step.
 
 A weight that cannot take this form stays float (and is still pruned), with the
-reason: a ``Constant`` node's or a subgraph's tensor, one reaching its product
+reason: a tensor in a subgraph or function, one reaching its product
 through other ops (a cast, a transpose: the dequantization must feed the product),
 one read by other nodes too, or of a rank the per-channel form does not cover.
 """
@@ -28,7 +28,7 @@ import onnx_ir as ir
 from ..core.quantized import symmetric_grid
 from .base import NeedsWeights, PassResult
 from .naming import graph_names, unique_name
-from .weights import META_KEY, InitializerSource, Status, WeightRecord
+from .weights import META_KEY, ConstantNodeSource, InitializerSource, Status, WeightRecord
 
 __all__ = ["LOW_TYPES", "UPDATE_HEADROOM", "QuantizeWeights"]
 
@@ -78,10 +78,15 @@ class QuantizeWeights(NeedsWeights):
 
     def _why_float(self, model: ir.Model, record: WeightRecord) -> str:
         """Why the weight cannot take the per-channel ``DequantizeLinear`` form (empty when it can)."""
-        if not isinstance(record.source, InitializerSource) or record.source.value.graph is not model.graph:
-            return "not an initializer of the main graph (a Constant node's tensor, or in a subgraph)"
-        value = record.source.value
-        dtype = value.const_value.dtype if value.const_value is not None else value.dtype
+        source = record.source
+        if isinstance(source, InitializerSource):
+            inside = source.value.graph is model.graph
+        else:
+            inside = isinstance(source, ConstantNodeSource) and source.node.graph is model.graph
+        if not inside:
+            return "held in a subgraph or a function (the rewrite covers the main graph)"
+        value = source.value
+        dtype = source.tensor.dtype
         if dtype not in _FLOATS:
             return f"stored as {getattr(dtype, 'name', 'an unknown type')}, not float32/float16/bfloat16"
         through = sorted({op for use in record.uses for op in use.via})
@@ -99,16 +104,17 @@ class QuantizeWeights(NeedsWeights):
         return ""
 
     def _rewrite(self, model: ir.Model, record: WeightRecord, names: set[str]) -> None:
-        value = record.source.value
-        weights = value.const_value.numpy()
-        float_type = value.const_value.dtype
+        source = record.source
+        value = source.value
+        weights = source.tensor.numpy()
+        float_type = source.tensor.dtype
         out_axis = record.uses[0].out_axis % weights.ndim
         grid = symmetric_grid(weights, out_axis, LOW_TYPES[self.kind].numpy(), self.headroom)
         stored = grid.quantize(weights)
         rounded = grid.dequantize(stored)
         norm = float(np.linalg.norm(weights.astype(np.float64)))
         error = float(np.linalg.norm(rounded.astype(np.float64) - weights)) / norm if norm else 0.0
-        value.const_value = ir.tensor(stored, name=value.name)
+        source.replace(ir.tensor(stored, name=value.name))
         value.dtype = LOW_TYPES[self.kind]
         scale = _initializer(model, names, f"{value.name}_scale", grid.scale.reshape(-1).astype(float_type.numpy()))
         zero = _initializer(model, names, f"{value.name}_zero_point", grid.zero_point.reshape(-1))
@@ -117,10 +123,10 @@ class QuantizeWeights(NeedsWeights):
         node.outputs[0].name = unique_name(f"{value.name}_dequantized", names)
         node.outputs[0].dtype = float_type
         node.outputs[0].shape = ir.Shape(list(weights.shape))
-        if len(model.graph):
-            model.graph.insert_before(model.graph.node(0), node)
+        if isinstance(source, ConstantNodeSource):
+            model.graph.insert_after(source.node, node)
         else:
-            model.graph.append(node)
+            model.graph.insert_before(model.graph.node(0), node)
         for use in record.uses:
             use.ref.replace_input_with(use.input_index, node.outputs[0])
         self.quantized[record.name] = {
