@@ -307,3 +307,13 @@ def test_weights_held_in_constant_nodes_are_quantized_too(models_dir, tmp_path):
     low = [name for name, node in constants.items() if node.attribute[0].t.data_type == TensorProto.INT8]
     assert len(low) == entry["weights"]
     assert check_model(out, tensorrt=True).passed
+
+
+def test_every_activation_calibration_choice_names_an_onnxruntime_calibrator():
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    from sparse24_onnx.calibration.activation_ranges import _ORT_NAMES
+    from sparse24_onnx.choices import ACTIVATION_CALIBRATIONS
+
+    assert set(_ORT_NAMES) == set(ACTIVATION_CALIBRATIONS)
+    assert all(hasattr(CalibrationMethod, name) for name in _ORT_NAMES.values())

@@ -10,7 +10,9 @@ clip rare outliers for a finer step.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from ..core.quantized import largest_value
 from ..passes.quantize_activations import ActivationScale
 from ..passes.quantize_weights import LOW_TYPES
 
-__all__ = ["ACTIVATION_CALIBRATIONS", "activation_scales"]
+__all__ = ["activation_scales"]
 
-#: ``--activation-calibration`` choices and onnxruntime's names for them.
-ACTIVATION_CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+log = logging.getLogger("sparse24_onnx")
+
+#: onnxruntime's names of the ``--activation-calibration`` choices (``choices.ACTIVATION_CALIBRATIONS``).
+_ORT_NAMES = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 class _Reader:
@@ -55,13 +59,17 @@ def activation_scales(
             path,
             ["MatMul", "Gemm", "Conv"],
             augmented_model_path=str(Path(folder) / "augmented.onnx"),
-            calibrate_method=getattr(CalibrationMethod, ACTIVATION_CALIBRATIONS[method]),
+            calibrate_method=getattr(CalibrationMethod, _ORT_NAMES[method]),
             use_external_data_format=True,
             providers=["CPUExecutionProvider"],
             extra_options={"symmetric": True},
         )
-        for feed in feeds:  # one at a time: the histogram calibrators stack a batch's tensors, whose shapes vary
-            calibrator.collect_data(_Reader([feed]))
+        last = time.monotonic()
+        for number, feed in enumerate(feeds, start=1):  # one at a time: the histogram calibrators stack a
+            calibrator.collect_data(_Reader([feed]))  # batch's tensors, whose shapes can vary between feeds
+            if time.monotonic() - last > 5:
+                last = time.monotonic()
+                log.info("activation calibration: feed %d", number)
         ranges = calibrator.compute_data()
         del calibrator
     scales = {}
