@@ -26,6 +26,8 @@ from sparse24_onnx.errors import BadInput
 from sparse24_onnx.passes.quantize_weights import LOW_TYPES
 from sparse24_onnx.validation.tensorrt_rules import tensorrt_violations
 
+from .test_quantized import plain_joint_reference
+
 
 def test_the_grid_is_symmetric_per_output_channel():
     rng = np.random.default_rng(0)
@@ -43,25 +45,6 @@ def test_the_grid_is_symmetric_per_output_channel():
         np.testing.assert_allclose(
             grid.dequantize(stored), w, atol=float(expected.max()) * (0.5 if kind == "int8" else 16)
         )
-
-
-def _plain_joint(w, h, damp, scale, round_value):
-    """SparseGPT's joint sparsify-and-round sweep, one column at a time, each column rounded on its row's grid."""
-    w = w.astype(np.float64).copy()
-    h = h.astype(np.float64) + np.eye(w.shape[1]) * damp * np.mean(np.diag(h))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
-    pruned = np.zeros_like(w, dtype=bool)
-    for i in range(w.shape[1]):
-        if i % 4 == 0:
-            scores = w[:, i : i + 4] ** 2 / np.diag(u)[i : i + 4] ** 2
-            order = np.argsort(-scores, axis=1, kind="stable")
-            pruned[:, i : i + 4] = True
-            np.put_along_axis(pruned[:, i : i + 4], order[:, :2], False, axis=1)
-        q = np.where(pruned[:, i], 0.0, round_value(w[:, i], scale))
-        err = (w[:, i] - q) / u[i, i]
-        w[:, i:] -= np.outer(err, u[i, i:])
-        w[:, i] = q
-    return w
 
 
 def _int8(values, scale):
@@ -83,7 +66,7 @@ def test_joint_rounding_on_one_layer_matches_a_plain_reference(kind, round_value
     h = x.T @ x
     ours = sparsegpt_24(w, h, damp=0.01, block=8, grid=grid)
     scale = grid.scale.reshape(-1).astype(np.float32)
-    np.testing.assert_allclose(ours, _plain_joint(w, h, 0.01, scale, round_value), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours, plain_joint_reference(w, h, 0.01, scale, round_value), rtol=1e-6, atol=1e-9)
     assert is_24(ours, 1)
     np.testing.assert_array_equal(grid.round(ours), ours.astype(np.float32))  # every value a grid point
     # The joint sweep compensates the rounding: better than rounding SparseGPT's float result afterwards.

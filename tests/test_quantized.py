@@ -102,8 +102,13 @@ def test_a_tracing_gap_is_a_skip_with_a_reason_never_an_internal_error(models_di
     assert entries["reshaped.weight"]["axis"] == 0
 
 
-def _plain_joint_reference(w, h, damp, scale):
-    """SparseGPT's joint sparsify-and-quantize sweep, one column at a time (per-row int8 scales, zero point 0)."""
+def _int8_round(values, scale):
+    return np.clip(np.rint(values / scale), -128, 127) * scale
+
+
+def plain_joint_reference(w, h, damp, scale, round_value=_int8_round):
+    """SparseGPT's joint sparsify-and-quantize sweep, one column at a time: each column rounded on its rows'
+    grid (``scale``: one per row, zero point 0) by ``round_value(values, scale)``."""
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64) + np.eye(w.shape[1]) * damp * np.mean(np.diag(h))
     u = np.linalg.cholesky(np.linalg.inv(h)).T
@@ -114,8 +119,7 @@ def _plain_joint_reference(w, h, damp, scale):
             order = np.argsort(-scores, axis=1, kind="stable")
             pruned[:, i : i + 4] = True
             np.put_along_axis(pruned[:, i : i + 4], order[:, :2], False, axis=1)
-        rounded = np.clip(np.rint(w[:, i] / scale[:, 0].astype(np.float32)), -128, 127) * scale[:, 0].astype(np.float32)
-        q = np.where(pruned[:, i], 0.0, rounded)
+        q = np.where(pruned[:, i], 0.0, round_value(w[:, i], scale))
         err = (w[:, i] - q) / u[i, i]
         w[:, i:] -= np.outer(err, u[i, i:])
         w[:, i] = q
@@ -133,7 +137,9 @@ def test_sparsegpt_on_int8_keeps_the_stored_integers_on_the_grid():
     w = grid.dequantize(q).astype(np.float64)
     h = x.T @ x
     ours = sparsegpt_24(w, h, damp=0.01, block=8, grid=grid)
-    np.testing.assert_allclose(ours, _plain_joint_reference(w, h, 0.01, scale), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        ours, plain_joint_reference(w, h, 0.01, scale[:, 0].astype(np.float32)), rtol=1e-6, atol=1e-9
+    )
     assert is_24(ours, 1)
     integers = grid.quantize(ours)
     np.testing.assert_array_equal(grid.dequantize(integers), ours.astype(np.float32))  # exactly on the grid
