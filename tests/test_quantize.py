@@ -26,7 +26,7 @@ from sparse24_onnx.errors import BadInput
 from sparse24_onnx.passes.quantize_weights import LOW_TYPES
 from sparse24_onnx.validation.tensorrt_rules import tensorrt_violations
 
-from .test_quantized import plain_joint_reference
+from .test_quantized import int8_round, plain_joint_reference
 
 
 def test_the_grid_is_symmetric_per_output_channel():
@@ -47,16 +47,12 @@ def test_the_grid_is_symmetric_per_output_channel():
         )
 
 
-def _int8(values, scale):
-    return np.clip(np.rint(values / scale), -128, 127) * scale
-
-
 def _fp8(values, scale):
     scaled = np.clip(values / scale, -448, 448).astype(np.float32)
     return scaled.astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale
 
 
-@pytest.mark.parametrize(("kind", "round_value"), [("int8", _int8), ("fp8", _fp8)])
+@pytest.mark.parametrize(("kind", "round_value"), [("int8", int8_round), ("fp8", _fp8)])
 def test_joint_rounding_on_one_layer_matches_a_plain_reference(kind, round_value):
     rng = np.random.default_rng(1)
     rows, k = 8, 32

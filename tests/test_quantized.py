@@ -102,11 +102,11 @@ def test_a_tracing_gap_is_a_skip_with_a_reason_never_an_internal_error(models_di
     assert entries["reshaped.weight"]["axis"] == 0
 
 
-def _int8_round(values, scale):
+def int8_round(values, scale):
     return np.clip(np.rint(values / scale), -128, 127) * scale
 
 
-def plain_joint_reference(w, h, damp, scale, round_value=_int8_round):
+def plain_joint_reference(w, h, damp, scale, round_value=int8_round):
     """SparseGPT's joint sparsify-and-quantize sweep, one column at a time: each column rounded on its rows'
     grid (``scale``: one per row, zero point 0) by ``round_value(values, scale)``."""
     w = w.astype(np.float64).copy()
