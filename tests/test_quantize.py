@@ -296,3 +296,19 @@ def test_every_activation_calibration_choice_names_an_onnxruntime_calibrator():
 
     assert set(_ORT_NAMES) == set(ACTIVATION_CALIBRATIONS)
     assert all(hasattr(CalibrationMethod, name) for name in _ORT_NAMES.values())
+
+
+def test_a_float16_model_keeps_its_type_through_the_dequantization(models_dir, tmp_path):
+    """DequantizeLinear gives back the weight's own float type: float16 scales, which need opset 19."""
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((16, 64)).astype(np.float16)} for _ in range(8)]
+    out = tmp_path / "o.onnx"
+    result = prune_model(models_dir / "mlp_fp16.onnx", out, calibration=calibration, quantize="int8",
+                         inputs=calibration[:2])  # fmt: skip
+    assert any("converted from opset 17 to 19" in w for w in result.warnings)
+    model = onnx.load(out)
+    scales = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert scales
+    assert set(scales.values()) == {TensorProto.FLOAT16}
+    assert result.report["quantize"]["tensorrt_rules"]["violations"] == []
+    assert result.report["validation"]["worst_rel_l2_error"] < 0.6

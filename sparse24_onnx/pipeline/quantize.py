@@ -29,6 +29,9 @@ log = logging.getLogger("sparse24_onnx")
 
 #: Lowest default-domain opset per type: per-axis DequantizeLinear (13), float8 (19).
 MIN_OPSET = {"int8": 13, "fp8": 19}
+#: DequantizeLinear takes float16/bfloat16 scales (so that it gives a half-precision model its own type) from 19.
+HALF_SCALE_OPSET = 19
+_HALF = {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 #: Largest model ``onnx.version_converter`` is given (its protobuf form must stay under 2 GiB).
 CONVERT_MAX_BYTES = 1_800_000_000
 
@@ -48,6 +51,8 @@ def check_quantizable(model: ir.Model, kind: str, option: str, warnings: list[st
                 )
     have = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     need = MIN_OPSET[kind]
+    if any(v.const_value is not None and v.const_value.dtype in _HALF for v in model.graph.initializers.values()):
+        need = max(need, HALF_SCALE_OPSET)  # the scales take the weights' own float type
     if have >= need:
         return model
     from onnx import version_converter
