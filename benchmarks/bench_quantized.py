@@ -9,7 +9,8 @@ held-out sentences of ``benchmarks/data``) and the captcha CRNN of ``captcha-whi
 For each, against the dense fp32 model on the held-out feeds, the relative L2 error of
 the outputs (pooled over feeds), the share of argmax positions unchanged, and the size:
 
-* dense fp32; pruned fp32 (``sparse24 optimize``, SparseGPT, the default);
+* dense fp32; pruned fp32 (``sparse24 optimize``, SparseGPT, the default; and with ``--sequential``,
+  ``--sequential --correct``);
 * T alone: onnxruntime's ``quantize_static`` with TensorRT's settings (QDQ, per-channel
   weights, symmetric weights and activations, zero points 0), calibrated on the same feeds;
 * pruned then T: the pruned fp32 model through the same ``quantize_static``;
@@ -113,7 +114,7 @@ def models(only: list[str] | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("khmersm", "crnn"))
-    parser.add_argument("--types", default="int8,fp8", help="comma-separated: int8, fp8")
+    parser.add_argument("--types", default="int8,fp8", help="comma-separated: int8, fp8 ('' for the float rows only)")
     args = parser.parse_args()
     from sparse24_onnx import prune_model
 
@@ -138,7 +139,9 @@ def main() -> None:
                 return out
 
             pruned = run("pruned fp32 (sparsegpt)", model, calibration=cal)
-            for kind in args.types.split(","):
+            run("pruned fp32 (sparsegpt --sequential)", model, calibration=cal, sequential=True)
+            run("pruned fp32 (sparsegpt --sequential --correct)", model, calibration=cal, sequential=True, correct=True)
+            for kind in filter(None, args.types.split(",")):
                 for label, source in ((f"{kind} alone (quantize_static)", model), (f"pruned, then {kind}", pruned)):
                     target = folder / f"{len(rows)}.onnx"
                     start = time.perf_counter()
@@ -161,7 +164,7 @@ def main() -> None:
             for label, why in failures.items():
                 print(f"{label:<58} failed: {why}")
             float_pruned = errors["pruned fp32 (sparsegpt)"]
-            for kind in args.types.split(","):
+            for kind in filter(None, args.types.split(",")):
                 joint = errors[f"--quantize {kind} --activation-calibration minmax"]
                 after = errors.get(f"pruned, then {kind}")
                 short = title.split(" (")[0]

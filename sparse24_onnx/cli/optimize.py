@@ -43,6 +43,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="calibration inputs for wanda/sparsegpt/admm: a .npz keyed by graph input name, or a folder of them",
     )
     parser.add_argument(
+        "--correct",
+        action="store_true",
+        help="with --sequential: also offer each layer the error-correcting fit (GPTAQ): reproduce the dense "
+        "model's output from the pruned model's input, kept per layer where held-out rows say it helps "
+        "(measured: better on a CNN + LSTM, worse on a small transformer; docs/methods.md)",
+    )
+    parser.add_argument(
         "--sequential",
         action="store_true",
         help="calibrated methods: prune layers in graph order, each calibrated on the model with the earlier "
@@ -237,6 +244,7 @@ def options(args: argparse.Namespace) -> dict[str, object]:
         "calibration": args.calibration,
         "damp": args.damp,
         "sequential": args.sequential,
+        "correct": args.correct,
         "refit": args.refit,
         "tune": not args.no_tune,
         "calibration_memory": args.calibration_memory,

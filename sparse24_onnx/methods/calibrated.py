@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..calibration.capture import LayerStats
+from ..calibration.paired import PairedStats
 from ..core import prune_24_dense
 from ..core.admm import admm_24
+from ..core.correction import corrected_target, paired_output_error
 from ..core.quantized import QuantGrid
 from ..core.sparsegpt import (
     factor_inverse,
@@ -263,7 +265,71 @@ class CalibratedMethod:
         return found[kind]
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self._prune(record, weights, self.stats.get(record.name), out)
+        stats = self.stats.get(record.name)
+        if isinstance(stats, PairedStats):
+            return self._prune_paired(record, weights, stats, out)
+        return self._prune(record, weights, stats, out)
+
+    def _prune_paired(
+        self, record: WeightRecord, weights: np.ndarray, paired: PairedStats, out: np.ndarray | None
+    ) -> np.ndarray:
+        """Prune towards the dense model's output from the pruned model's input (:mod:`..core.correction`).
+
+        Tuned: every candidate is tried on the weight as it is and on the corrected target, and the
+        lowest held-out ``||X~ W'^T - X W^T||`` wins (the uncorrected one on a tie), so the correction is
+        used where it pays.  Untuned: the family's solver on the corrected target.
+        """
+        own = paired.pruned_stats
+        view = _MatrixView.of(weights, record.axis, own)
+        if view is None or view.groups > 1 or not np.isfinite(weights).all() or own.rows == 0:
+            return self._prune(record, weights, own, out)
+        w = view.rows(weights).astype(np.float64)
+        grid = view.grid(record.grid)
+        k = w.shape[1]
+        note: dict[str, object] = {"samples": own.rows, "k": k, **_rows_used(own), "paired": True}
+        full, fit, held = paired.blocks("full"), paired.blocks("fit"), paired.blocks("held")
+        if self.tune and held is not None and own.held_out_rows > 0:
+            config, corrected = self._choose_paired(w, grid, fit, held, own, note)
+        else:
+            config, corrected = self._fixed(k), True
+        self.step = f"{config.label}{' towards the dense output' if corrected else ''} on all rows"
+        target = corrected_target(w, full[0], full[1], config.damp) if corrected else w
+        pruned = config.solve(target, full[0], grid, self._factors)
+        note.update(
+            method=config.label + (" + correction" if corrected else "") + (" (im2col)" if view.im2col else ""),
+            solver=config.solver,
+            damp=config.damp if config.solver in ("sparsegpt", "admm") else None,
+            refit=False,
+            corrected=corrected,
+            layer_output_error=paired_output_error(w, pruned, *full),
+            own_input_error=layer_output_error(w, pruned, full[0]),
+        )
+        record.calibration = note
+        return view.tensor(pruned, weights.dtype)
+
+    def _choose_paired(self, w, grid, fit, held, stats, note) -> tuple[Config, bool]:
+        """The candidate (and whether to correct) with the lowest held-out error against the dense output."""
+        if w.shape[0] > TUNE_ROWS:
+            sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
+            w = w[sample]
+            if grid is not None:
+                grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
+        errors: dict[tuple[Config, bool], float] = {}
+        tried = candidates(self.name, w.shape[1], stats.hessian_rows - stats.held_out_rows, self.damp, False)
+        for number, config in enumerate(tried, start=1):
+            for corrected in (False, True):
+                self.step = f"candidate {number}/{len(tried)}: {config.label}{' corrected' if corrected else ''}"
+                target = corrected_target(w, fit[0], fit[1], config.damp) if corrected else w
+                pruned = config.solve(target, fit[0], grid, self._factors)  # one factor for both
+                errors[(config, corrected)] = paired_output_error(w, pruned, *held)
+        lowest = min(errors.values())
+        best = next(c for c in errors if errors[c] <= lowest * (1 + TIE))
+        note["held_out_samples"] = stats.held_out_rows
+        note["held_out_error"] = errors[best]
+        note["candidates"] = {
+            c.label + (" + correction" if corrected else ""): e for (c, corrected), e in errors.items()
+        }
+        return best
 
     def evaluate(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> float | None:
         """The calibrated layer error this method reaches on ``weights`` with ``stats`` (held-out if tuned).
@@ -439,8 +505,10 @@ class SequentialMethod:
 
     SparseGPT's recipe: layers are pruned in graph order, and each one's input
     statistics are captured from the model in which every earlier layer is
-    already pruned, so later layers compensate for the error of earlier ones.
-    Costs one onnxruntime session per layer.
+    already pruned.  With ``dense`` (the model before pruning), each layer is also
+    offered the error-correcting target (GPTAQ's asymmetric fit): reproduce the
+    dense model's output from the pruned model's input, so that it undoes what the
+    earlier layers broke.  Costs one onnxruntime session per layer (two with ``dense``).
     """
 
     blockwise = False
@@ -457,9 +525,13 @@ class SequentialMethod:
         refit: bool | None = None,
         tune: bool = True,
         rows_per_feature: int | None = None,
+        dense=None,
     ) -> None:
         self.name = name
         self.model = model
+        #: The model before pruning (``None``: no correction): each layer is then fitted towards the dense
+        #: model's output from the pruned model's input (:mod:`..core.correction`), where that helps.
+        self.dense = dense
         self.feeds = feeds
         self.damp = damp
         self.refit = refit
@@ -474,10 +546,19 @@ class SequentialMethod:
 
     def prune(self, record: WeightRecord, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         from ..calibration.capture import collect_stats
+        from ..calibration.paired import collect_paired_stats
+        from ..choices import ROWS_PER_FEATURE
 
-        sampling = {} if self.rows_per_feature is None else {"rows_per_feature": self.rows_per_feature}
+        rows = ROWS_PER_FEATURE if self.rows_per_feature is None else self.rows_per_feature
         self._current = None
-        stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune, **sampling)
+        stats = None
+        if self.dense is not None:
+            paired = collect_paired_stats(
+                self.dense, self.model, record, self.feeds, hold_out=self.tune, rows_per_feature=rows
+            )
+            stats = None if paired is None else {record.name: paired}
+        if stats is None:
+            stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune, rows_per_feature=rows)
         self._current = CalibratedMethod(self.name, stats, damp=self.damp, refit=self.refit, tune=self.tune)
         pruned = self._current.prune(record, weights, out)
         if record.calibration is not None:

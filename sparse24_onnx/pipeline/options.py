@@ -51,6 +51,7 @@ class PruneOptions:
     calibration: Feeds | None = None
     damp: float | None = None
     sequential: bool = False
+    correct: bool = False
     refit: bool | None = None
     tune: bool = True
     calibration_memory: float | None = None
@@ -186,6 +187,8 @@ class PruneOptions:
             raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
             raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
+        if self.correct and not self.sequential:
+            raise BadInput(f"{o('correct')} fits each layer on the model pruned before it: give {o('sequential')} too")
         self._check_quantize()
         if self.rows_per_feature is not None:
             if (

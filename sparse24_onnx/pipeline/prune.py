@@ -28,7 +28,7 @@ from ..calibration.summary import calibration_entry
 from ..choices import ROWS_PER_FEATURE
 from ..errors import BadInput, ValidationFailed
 from ..methods import CalibratedMethod, SequentialMethod, uncalibrated_method
-from ..modelio.load import external_files, needs_external_data
+from ..modelio.load import external_files, load_model, needs_external_data
 from ..modelio.staging import StagedOutput, check_output_path
 from ..passes import CompressWeights, FindWeights, Pipeline, PruneWeights, RecordProvenance
 from ..passes.prune_weights import PruneMethod
@@ -299,6 +299,7 @@ class _PruneRun:
                 refit=options.refit,
                 tune=options.tune,
                 rows_per_feature=rows_per_feature,
+                dense=load_model(self.facts.input) if options.correct else None,  # the input as on disk
             )
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
