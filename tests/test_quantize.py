@@ -270,13 +270,17 @@ def test_check_tensorrt_gates_on_the_rules(models_dir, tmp_path):
     assert result.verdict.startswith("FAIL: ")
 
 
+def _quantized(source, out, width, dtype=np.float32):
+    """``--quantize int8`` of a one-input model, validated on two of its calibration feeds."""
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((16, width)).astype(dtype)} for _ in range(8)]
+    return prune_model(source, out, calibration=calibration, quantize="int8", inputs=calibration[:2])
+
+
 def test_weights_held_in_constant_nodes_are_quantized_too(models_dir, tmp_path):
     """Exporters such as Paddle's hold every weight in a Constant node: those take the form as well."""
-    rng = np.random.default_rng(0)
-    calibration = [{"x": rng.standard_normal((16, 32)).astype(np.float32)} for _ in range(8)]
     out = tmp_path / "o.onnx"
-    result = prune_model(models_dir / "constant_nodes.onnx", out, calibration=calibration, quantize="int8",
-                         inputs=calibration[:2])  # fmt: skip
+    result = _quantized(models_dir / "constant_nodes.onnx", out, 32)
     entry = result.report["quantize"]
     assert entry["weights"] >= 2
     assert not any("Constant" in e["why"] or "subgraph" in e["why"] for e in entry["left_float"])
@@ -300,11 +304,8 @@ def test_every_activation_calibration_choice_names_an_onnxruntime_calibrator():
 
 def test_a_float16_model_keeps_its_type_through_the_dequantization(models_dir, tmp_path):
     """DequantizeLinear gives back the weight's own float type: float16 scales, which need opset 19."""
-    rng = np.random.default_rng(0)
-    calibration = [{"x": rng.standard_normal((16, 64)).astype(np.float16)} for _ in range(8)]
     out = tmp_path / "o.onnx"
-    result = prune_model(models_dir / "mlp_fp16.onnx", out, calibration=calibration, quantize="int8",
-                         inputs=calibration[:2])  # fmt: skip
+    result = _quantized(models_dir / "mlp_fp16.onnx", out, 64, np.float16)
     assert any("converted from opset 17 to 19" in w for w in result.warnings)
     model = onnx.load(out)
     scales = {i.name: i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}

@@ -107,6 +107,27 @@ class LayerStats:
     def held_out_hessian(self) -> np.ndarray | None:
         return None if self.held_out is None else np.asarray(self.held_out)
 
+    def subset(self, features: np.ndarray, channels: np.ndarray) -> LayerStats:
+        """The statistics of some of the input's features, in the given order (a new object): ``X^T X`` and
+        its held-out part restricted to ``features``, ``sum of X_j^2`` to ``channels``."""
+
+        def square(matrix):
+            return None if matrix is None else np.asarray(matrix)[np.ix_(features, features)]
+
+        return LayerStats(
+            self.rows,
+            self.sq_norm[channels],
+            square(self.hessian),
+            im2col=self.im2col,
+            held_out=square(self.held_out),
+            held_out_rows=self.held_out_rows,
+            no_hessian=self.no_hessian,
+            non_finite_rows=self.non_finite_rows,
+            non_finite_feeds=self.non_finite_feeds,
+            hessian_rows=self.hessian_rows,
+            hessian_available=self.hessian_available,
+        )
+
     @property
     def groups(self) -> int:
         """How many ``X^T X`` there are: a grouped convolution's groups (1 otherwise)."""
@@ -713,23 +734,7 @@ def permute_stats(stats: LayerStats, perm: np.ndarray) -> LayerStats:
     if stats.hessian is not None and stats.hessian.shape[0] != channels:
         positions = stats.hessian.shape[0] // channels
         order = (np.arange(positions)[:, None] * channels + perm[None, :]).reshape(-1)
-
-    def square(matrix):
-        return None if matrix is None else np.asarray(matrix)[np.ix_(order, order)]
-
-    return LayerStats(
-        stats.rows,
-        stats.sq_norm[perm],
-        square(stats.hessian),
-        im2col=stats.im2col,
-        held_out=square(stats.held_out),
-        held_out_rows=stats.held_out_rows,
-        no_hessian=stats.no_hessian,
-        non_finite_rows=stats.non_finite_rows,
-        non_finite_feeds=stats.non_finite_feeds,
-        hessian_rows=stats.hessian_rows,
-        hessian_available=stats.hessian_available,
-    )
+    return stats.subset(order, perm)
 
 
 def memory_budget(gib: float | None) -> int:

@@ -62,22 +62,8 @@ class PairedStats:
     @property
     def pruned_stats(self) -> LayerStats:
         """The pruned-side statistics alone, as :func:`~.capture.collect_stats` would give them."""
-        s = self.joint
-        p = self.pruned
-
-        def part(matrix):
-            return None if matrix is None else np.asarray(matrix)[np.ix_(p, p)]
-
-        return LayerStats(
-            s.rows,
-            s.sq_norm[: s.sq_norm.shape[0] // 2],
-            part(s.hessian),
-            im2col=s.im2col,
-            held_out=part(s.held_out),
-            held_out_rows=s.held_out_rows,
-            hessian_rows=s.hessian_rows,
-            hessian_available=s.hessian_available,
-        )
+        channels = self.joint.sq_norm.shape[0] // 2
+        return self.joint.subset(self.pruned, np.arange(channels))
 
 
 def collect_paired_stats(
