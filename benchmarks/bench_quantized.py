@@ -114,6 +114,11 @@ def models(only: list[str] | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=("khmersm", "crnn"))
+    parser.add_argument(
+        "--headroom",
+        help="comma-separated scale headrooms to try for --quantize int8 (e.g. 1,1.3,1.6,2,2.5): how the default "
+        "was chosen",
+    )
     parser.add_argument("--types", default="int8,fp8", help="comma-separated: int8, fp8 ('' for the float rows only)")
     args = parser.parse_args()
     from sparse24_onnx import prune_model
@@ -154,6 +159,14 @@ def main() -> None:
                 for method in CALIBRATIONS:
                     run(f"--quantize {kind} --activation-calibration {method}", model, calibration=cal, quantize=kind,
                         activation_calibration=method)  # fmt: skip
+            for headroom in filter(None, (args.headroom or "").split(",")):
+                import sparse24_onnx.pipeline.quantize as step
+
+                default, step.UPDATE_HEADROOM = step.UPDATE_HEADROOM, float(headroom)
+                try:
+                    run(f"--quantize int8, scale headroom {headroom}", model, calibration=cal, quantize="int8")
+                finally:
+                    step.UPDATE_HEADROOM = default
             print(f"\n## {title}: {len(calibration)} calibration / {len(held)} held-out feeds, against dense fp32")
             print(f"{'variant':<58} {'held-out L2':>11} {'top-1':>7} {'KiB':>7} {'seconds':>8}")
             errors = {}

@@ -39,9 +39,10 @@ _FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 LOW_TYPES = {"int8": ir.DataType.INT8, "fp8": ir.DataType.FLOAT8E4M3FN}
 #: Headroom of the scales above the dense channel's largest weight, for methods that update the kept weights
 #: (SparseGPT, ADMM): their updates make kept weights grow past the dense maximum, and a grid fitted to the
-#: dense weights saturates them.  Measured on the trained khmersm and captcha CRNN (held-out relative L2 of
-#: ``--quantize int8``; docs/quantized.md): 1.0: 0.0580 / 0.2253, 1.3: 0.0419 / 0.1988, 1.6: 0.0393 /
-#: 0.1992, 2.0: 0.0380 / 0.1956, 2.5: 0.0404 / -; float pruned: 0.0387 / 0.1954.
+#: dense weights saturates them.  Measured (``python benchmarks/bench_quantized.py --types '' --headroom
+#: 1,1.3,1.6,2,2.5``, held-out relative L2 of ``--quantize int8``, khmersm / captcha CRNN): 1.0: 0.0580 /
+#: 0.2370, 1.3: 0.0420 / 0.2090, 1.6: 0.0397 / 0.2145, 2.0: 0.0380 / 0.2110, 2.5: 0.0402 / 0.2095; float
+#: pruned: 0.0387 / 0.2078.
 UPDATE_HEADROOM = 2.0
 
 
