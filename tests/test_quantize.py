@@ -226,6 +226,9 @@ def test_quantize_is_refused_where_it_cannot_apply(models_dir, tmp_path):
     rng = np.random.default_rng(0)
     with pytest.raises(BadInput, match="needs a calibrated method"):
         prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", quantize="int8")
+    with pytest.raises(BadInput, match="not supported together yet"):
+        prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", quantize="int8", permute=True,
+                    calibration=_calibration(rng))  # fmt: skip
     with pytest.raises(BadInput, match="steers quantize="):
         prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", activation_calibration="entropy")
     with pytest.raises(BadInput, match="quantized already"):

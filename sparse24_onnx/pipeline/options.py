@@ -310,6 +310,11 @@ class PruneOptions:
                 f"{o('quantize')} needs a calibrated method and {o('calibration')}: the activations' scales come "
                 "from the calibration feeds, and SparseGPT/ADMM round the kept weights jointly"
             )
+        if self.permute:
+            raise BadInput(
+                f"{o('quantize')} with {o('permute')}: not supported together yet (the channel permutation does not "
+                "reorder the per-channel scales of quantized weights); drop one"
+            )
 
     def _check_combinations(self) -> None:
         o = self.spell
