@@ -40,6 +40,10 @@ def test_the_corrected_target_is_the_least_squares_fit_to_the_dense_output():
     ours = corrected_target(w, h_pruned, cross, damp=0.0)
     reference = np.linalg.lstsq(x_pruned, x @ w.T, rcond=None)[0].T  # argmin ||X~ W*^T - X W^T||
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-8)
+    # Dampened, the target is pulled towards the weight itself (not towards zero).
+    np.testing.assert_allclose(corrected_target(w, h_pruned, cross, damp=1e6), w, rtol=1e-4, atol=1e-4)
+    halfway = corrected_target(w, h_pruned, cross, damp=1.0)
+    assert np.linalg.norm(halfway - w) < np.linalg.norm(ours - w)
 
 
 def test_the_paired_error_is_the_direct_one_and_correcting_lowers_it():

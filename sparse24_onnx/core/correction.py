@@ -4,9 +4,11 @@ With the layers before it already pruned, a layer sees ``X~`` instead of the den
 ``X``.  Fitting its 2:4 weights ``W'`` to ``||X~ W'^T - X W^T||`` (GPTAQ's asymmetric
 objective) instead of ``||X~ W'^T - X~ W^T||`` asks it to undo what the earlier layers broke.
 The objective is ``||X~ (W' - W*)^T||^2`` plus a constant, where ``W*`` is the least-squares
-dense weight on the pruned input, ``(H~ + l I) W*^T = C W^T`` (``H~ = X~^T X~``, ``C = X~^T X``,
-``l`` the dampening): so any method that fits ``W'`` to a target under ``H~`` (SparseGPT's
-sweep, ADMM) takes ``W*`` as its target unchanged.
+dense weight on the pruned input, ``H~ W*^T = C W^T`` (``H~ = X~^T X~``, ``C = X~^T X``): so any
+method that fits ``W'`` to a target under ``H~`` (SparseGPT's sweep, ADMM) takes ``W*`` as its
+target unchanged.  From few calibration rows ``W*`` is dampened towards ``W`` (not towards 0):
+``(H~ + l I) W*^T = C W^T + l W^T``, which gives ``W`` itself as ``l`` grows (measured on the
+captcha CRNN: 0.1805 held-out error against 0.1836 dampened towards 0).
 
 Weights are ``(rows, K)``; ``H~``, ``C`` and ``H = X^T X`` are ``(K, K)``.
 """
@@ -21,11 +23,13 @@ __all__ = ["corrected_target", "paired_output_error"]
 def corrected_target(weights: np.ndarray, h_pruned: np.ndarray, cross: np.ndarray, damp: float) -> np.ndarray:
     """``W*``: the dense weights that best reproduce ``X W^T`` from ``X~`` (float64, ``(rows, K)``).
 
-    ``damp`` dampens ``H~`` by that fraction of its mean diagonal, as the solvers do.
+    ``damp`` (a fraction of ``H~``'s mean diagonal, as the solvers take it) pulls ``W*`` towards ``W``.
     """
     h = np.array(h_pruned, dtype=np.float64)
-    h[np.diag_indices(h.shape[0])] += damp * float(np.mean(np.diag(h))) + 1e-12
-    right = np.asarray(cross, dtype=np.float64) @ np.asarray(weights, dtype=np.float64).T  # C W^T, (K, rows)
+    w = np.asarray(weights, dtype=np.float64)
+    amount = damp * float(np.mean(np.diag(h))) + 1e-12
+    h[np.diag_indices(h.shape[0])] += amount
+    right = np.asarray(cross, dtype=np.float64) @ w.T + amount * w.T  # C W^T + l W^T: dampened towards W
     return np.linalg.solve(h, right).T
 
 
