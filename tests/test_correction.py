@@ -123,3 +123,20 @@ def test_records_are_candidates(models_dir):
     model = load_model(models_dir / "mlp.onnx")
     names = {r.name for r in FindWeights()(model).weights if r.status == Status.CANDIDATE}
     assert {"fc0.weight", "fc1.weight", "fc2.weight"} <= names
+
+
+def test_a_layer_that_cannot_be_paired_says_so(models_dir, tmp_path):
+    """A weight read by two layer inputs is fitted uncorrected, and the run says how many and why."""
+    rng = np.random.default_rng(0)
+    model = load_model(models_dir / "shared_gemm.onnx")
+    names = {i.name: i for i in model.graph.inputs}
+    shapes = {n: [d if isinstance(d, int) else 4 for d in v.shape] for n, v in names.items()}
+    calibration = [{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(8)]
+    result = prune_model(models_dir / "shared_gemm.onnx", tmp_path / "o.onnx", calibration=calibration,
+                         sequential=True, correct=True, validate=False)  # fmt: skip
+    notes = [t["calibration"] for t in result.report["tensors"] if t["calibration"]]
+    unpaired = [n for n in notes if n.get("uncorrected")]
+    assert unpaired
+    summary = result.report["calibration"]["summary"]["uncorrected"]
+    assert sum(entry["count"] for entry in summary) == len(unpaired)
+    assert any("--correct was not offered" in w for w in result.warnings)

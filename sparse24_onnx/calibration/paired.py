@@ -26,10 +26,17 @@ from ..passes.weights import WeightRecord
 from ..runtime.sessions import open_model_session, run_feeds
 from .capture import ConvPatches, LayerStats, _accumulate, _Input, layer_inputs
 
-__all__ = ["PairedStats", "collect_paired_stats"]
+__all__ = ["PairedStats", "Unpaired", "collect_paired_stats"]
 
 #: The axis along which each activation layout holds the layer's K features (what the two are joined along).
 _FEATURE_AXIS = {"last": -1, "second_last": -2, "first": 0, "channels": 1}
+
+
+@dataclass(frozen=True)
+class Unpaired:
+    """Why a layer's input could not be paired with the dense model's (its fit stays uncorrected)."""
+
+    reason: str
 
 
 @dataclass
@@ -75,22 +82,23 @@ def collect_paired_stats(
     hold_out: bool,
     rows_per_feature: int,
     hint: str = "check the arrays of --calibration",
-) -> PairedStats | None:
-    """The paired statistics of ``record``'s layer input, or None where the pairing does not apply (a weight
-    with several layer inputs, inside a subgraph, or a grouped convolution): the caller falls back to the
-    uncorrected fit.  Both models must hold the layer input under the same name (one is the other before
-    pruning)."""
+) -> PairedStats | Unpaired:
+    """The paired statistics of ``record``'s layer input, or why the pairing does not apply (a weight with
+    several layer inputs, inside a subgraph, a grouped convolution): the caller then fits it uncorrected.
+    Both models must hold the layer input under the same name (one is the other before pruning)."""
     pairs = layer_inputs(pruned, [record]).get(record.name, [])
     if len(pairs) != 1:
-        return None
+        return Unpaired(f"the weight reads {len(pairs) or 'no captured'} layer input(s), not one")
     value, layout = pairs[0]
-    if value.graph is not pruned.graph or (isinstance(layout, ConvPatches) and layout.groups != 1):
-        return None
+    if value.graph is not pruned.graph:
+        return Unpaired("its layer input is inside a subgraph")
+    if isinstance(layout, ConvPatches) and layout.groups != 1:
+        return Unpaired("a grouped convolution")
     twin = next((v for n in dense.graph for v in n.outputs if v.name == value.name), None)
     if twin is None:
         twin = next((v for v in dense.graph.inputs if v.name == value.name), None)
     if twin is None:
-        return None
+        return Unpaired(f"the dense model has no value {value.name!r}")
     kind = "channels" if isinstance(layout, ConvPatches) else layout
     axis = _FEATURE_AXIS[kind]
     k = int(record.shape[record.axis])
@@ -127,7 +135,8 @@ def collect_paired_stats(
             )  # fmt: skip
         del sessions
     if item.stats is None or item.stats.hessian is None:
-        return None
+        why = item.stats.no_hessian if item.stats is not None else "no calibration rows reached it"
+        return Unpaired(why or "no X^T X")
     item.flush()
     positions = features // (2 * k)
     offsets = np.arange(positions)[:, None] * 2 * k

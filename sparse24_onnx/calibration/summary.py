@@ -43,6 +43,8 @@ class CalibrationSummary:
     scarce: dict[str, int] | None = None
     non_finite: list[tuple[str, int, list[int]]] = field(default_factory=list)
     sampled: dict[str, int] | None = None
+    #: ``--correct``: layers fitted uncorrected because their input could not be paired, by reason.
+    uncorrected: list[tuple[str, int]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """One line of outcome, then one per warning (for stderr and the report's warnings)."""
@@ -55,6 +57,8 @@ class CalibrationSummary:
                 f"X^T X of {self.sampled['layers']} layer(s) from a sample of their rows ({self.sampled['rows']} of "
                 f"{self.sampled['available']}; --rows-per-feature 0 takes every row)"
             )
+        for why, count in self.uncorrected:
+            lines.append(f"--correct was not offered on {count} layer(s): {why}")
         if self.scarce:
             lines.append(
                 f"{self.scarce['layers']} layer(s) had fewer calibration rows than their K (up to "
@@ -80,6 +84,7 @@ class CalibrationSummary:
             "scarce": self.scarce,
             "non_finite": [{"weight": n, "rows": r, "feeds": f} for n, r, f in self.non_finite],
             "sampled": self.sampled,
+            "uncorrected": [{"why": w, "count": c} for w, c in self.uncorrected],
         }
 
 
@@ -96,6 +101,7 @@ def summarize(records: list[WeightRecord], requested: str, feeds: int, stats: di
     others: Counter[tuple[str, str]] = Counter()
     scarce_k: list[tuple[int, int]] = []
     sampled = Counter()
+    uncorrected: Counter[str] = Counter()
     for record in records:
         note = record.calibration
         if record.status != Status.PRUNED or note is None:
@@ -110,11 +116,14 @@ def summarize(records: list[WeightRecord], requested: str, feeds: int, stats: di
         k, samples = note.get("k"), note.get("hessian_rows", note.get("samples"))
         if isinstance(k, int) and isinstance(samples, int) and 0 < samples < k:
             scarce_k.append((k, samples))
+        if note.get("uncorrected"):
+            uncorrected[str(note["uncorrected"])] += 1
         used, available = note.get("hessian_rows"), note.get("hessian_rows_available")
         if isinstance(used, int) and isinstance(available, int) and used < available:
             sampled.update(layers=1, rows=used, available=available)
     summary.others = [(m, w, c) for (m, w), c in others.most_common()]
     summary.sampled = dict(sampled) or None
+    summary.uncorrected = uncorrected.most_common()
     if scarce_k:
         per_feed = max(1.0, min(samples for _, samples in scarce_k) / max(feeds, 1))
         max_k = max(k for k, _ in scarce_k)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..calibration.capture import LayerStats
-from ..calibration.paired import PairedStats
+from ..calibration.paired import PairedStats, Unpaired
 from ..core import prune_24_dense
 from ..core.admm import admm_24
 from ..core.correction import corrected_target, paired_output_error
@@ -282,7 +282,10 @@ class CalibratedMethod:
         own = paired.pruned_stats
         view = _MatrixView.of(weights, record.axis, own)
         if view is None or view.groups > 1 or not np.isfinite(weights).all() or own.rows == 0:
-            return self._prune(record, weights, own, out)
+            pruned = self._prune(record, weights, own, out)
+            if record.calibration is not None:
+                record.calibration["uncorrected"] = "no Hessian matching the weight's layout"
+            return pruned
         w = view.rows(weights).astype(np.float64)
         grid = view.grid(record.grid)
         k = w.shape[1]
@@ -556,11 +559,13 @@ class SequentialMethod:
             paired = collect_paired_stats(
                 self.dense, self.model, record, self.feeds, hold_out=self.tune, rows_per_feature=rows
             )
-            stats = None if paired is None else {record.name: paired}
+            stats = None if isinstance(paired, Unpaired) else {record.name: paired}
         if stats is None:
             stats = collect_stats(self.model, [record], self.feeds, hold_out=self.tune, rows_per_feature=rows)
         self._current = CalibratedMethod(self.name, stats, damp=self.damp, refit=self.refit, tune=self.tune)
         pruned = self._current.prune(record, weights, out)
+        if self.dense is not None and isinstance(paired, Unpaired) and record.calibration is not None:
+            record.calibration["uncorrected"] = paired.reason
         if record.calibration is not None:
             record.calibration["sequential"] = True
         return pruned
