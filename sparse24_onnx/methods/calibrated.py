@@ -143,6 +143,17 @@ def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool |
     return configs
 
 
+def _tune_sample(w: np.ndarray, grid: QuantGrid | None) -> tuple[np.ndarray, QuantGrid | None]:
+    """At most :data:`TUNE_ROWS` of a weight's rows (a fixed random sample) and their grid, to compare
+    candidates on: each row's problem is separate, so a sample ranks them as the whole would."""
+    if w.shape[0] <= TUNE_ROWS:
+        return w, grid
+    sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
+    if grid is not None:
+        grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
+    return w[sample], grid
+
+
 def _rows_used(stats: LayerStats) -> dict[str, int]:
     """The report's account of the rows ``X^T X`` took: how many, of how many there were."""
     return {"hessian_rows": stats.hessian_rows, "hessian_rows_available": stats.hessian_available}
@@ -312,11 +323,7 @@ class CalibratedMethod:
 
     def _choose_paired(self, w, grid, fit, held, stats, note) -> tuple[Config, bool]:
         """The candidate (and whether to correct) with the lowest held-out error against the dense output."""
-        if w.shape[0] > TUNE_ROWS:
-            sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
-            w = w[sample]
-            if grid is not None:
-                grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
+        w, grid = _tune_sample(w, grid)
         errors: dict[tuple[Config, bool], float] = {}
         tried = candidates(self.name, w.shape[1], stats.hessian_rows - stats.held_out_rows, self.damp, False)
         for number, config in enumerate(tried, start=1):
@@ -452,11 +459,7 @@ class CalibratedMethod:
         """
         fit, held = self._hessian(stats, "fit"), self._hessian(stats, "held")
         full_rows = w.shape[0]
-        if w.shape[0] > TUNE_ROWS:
-            sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
-            w = w[sample]
-            if grid is not None:
-                grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
+        w, grid = _tune_sample(w, grid)
         errors: dict[Config, float] = {}
         fit_rows = stats.hessian_rows - stats.held_out_rows
         tried = candidates(self.name, w.shape[1], fit_rows, self.damp, self.refit)
