@@ -126,12 +126,19 @@ def build(preset: str, folder: Path, samples: int, tokens: int) -> tuple[Path, l
 
 def _captchas(calibration: int, held_out: int) -> tuple[list[dict], list[dict]]:
     """Captchas of 4-6 characters as captcha-whisperer reads them: 1x3x60x160 BGR float32 in 0..255."""
+    feeds = [feed for _, feed in captchas(calibration + held_out, lengths=(4, 6))]
+    return feeds[:calibration], feeds[calibration:]
+
+
+def captchas(count: int, lengths: tuple[int, int], seed: int = 0) -> list[tuple[str, dict]]:
+    """``count`` (text, feed) pairs: captchas of ``lengths[0]..lengths[1]`` characters as
+    captcha-whisperer reads them (1x3x60x160 BGR float32 in 0..255), rendered from ``seed``."""
     import random
 
     from PIL import Image, ImageDraw
 
-    rng = random.Random(0)
-    random.seed(0)  # captcha draws its noise and offsets from the random module itself
+    rng = random.Random(seed)
+    random.seed(seed)  # captcha draws its noise and offsets from the random module itself
     alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     try:
         from captcha.image import ImageCaptcha
@@ -144,12 +151,12 @@ def _captchas(calibration: int, held_out: int) -> tuple[list[dict], list[dict]]:
             ImageDraw.Draw(image).text((rng.randint(5, 40), rng.randint(10, 30)), text, fill=(30, 30, 90))
             return image
 
-    feeds = []
-    for _ in range(calibration + held_out):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 6)))
+    pairs = []
+    for _ in range(count):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(*lengths)))
         rgb = np.asarray(render(text).convert("RGB").resize((160, 60)), dtype=np.float32)
-        feeds.append({"image": np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))[None]})
-    return feeds[:calibration], feeds[calibration:]
+        pairs.append((text, {"image": np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))[None]}))
+    return pairs
 
 
 def _page(rng: np.random.Generator) -> np.ndarray:

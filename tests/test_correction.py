@@ -112,10 +112,14 @@ def test_sequential_correct_chooses_per_layer_on_held_out_rows(models_dir, tmp_p
     assert first["layer_output_error"] == pytest.approx(first["own_input_error"], rel=1e-9)
 
 
-def test_correct_needs_sequential(models_dir, tmp_path):
-    with pytest.raises(BadInput, match="give sequential= too"):
-        prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=[{"x": np.zeros((1, 64), np.float32)}],
-                    correct=True)  # fmt: skip
+def test_correct_implies_sequential_and_needs_a_calibrated_method(models_dir, tmp_path):
+    calibration = [{"x": np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)} for _ in range(4)]
+    result = prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=calibration, correct=True,
+                         validate=False)  # fmt: skip
+    check = result.report["calibration"]["correction"]  # the sequential corrected trial ran
+    assert set(check["output_error"]) == {"sequential, corrected", "one shot"}
+    with pytest.raises(BadInput, match="correct= go"):
+        prune_model(models_dir / "mlp.onnx", tmp_path / "p.onnx", method="magnitude", correct=True)
 
 
 def test_records_are_candidates(models_dir):
@@ -134,9 +138,90 @@ def test_a_layer_that_cannot_be_paired_says_so(models_dir, tmp_path):
     calibration = [{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(8)]
     result = prune_model(models_dir / "shared_gemm.onnx", tmp_path / "o.onnx", calibration=calibration,
                          sequential=True, correct=True, validate=False)  # fmt: skip
+    check = result.report["calibration"]["correction"]
+    # Both weights (each read by 12 Gemms), in the corrected trial.
+    assert [e["count"] for e in check["uncorrected"]] == [2], check
     notes = [t["calibration"] for t in result.report["tensors"] if t["calibration"]]
     unpaired = [n for n in notes if n.get("uncorrected")]
-    assert unpaired
     summary = result.report["calibration"]["summary"]["uncorrected"]
     assert sum(entry["count"] for entry in summary) == len(unpaired)
-    assert any("--correct was not offered" in w for w in result.warnings)
+    # What was written says so when the corrected model was kept; the one-shot model has nothing to say.
+    assert len(unpaired) == (check["kept"] == "sequential, corrected")
+    assert any("--correct was not offered" in w for w in result.warnings) == bool(unpaired)
+
+
+def test_correct_keeps_the_trial_whose_outputs_move_less(models_dir, tmp_path):
+    """The model-level check: both trials' errors are the written model's on the held-out calibration feeds."""
+    rng = np.random.default_rng(1)
+    calibration = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(8)]
+    result = prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=calibration, sequential=True,
+                         correct=True, validate=False)  # fmt: skip
+    check = result.report["calibration"]["correction"]
+    errors = check["output_error"]
+    assert check["kept"] == min(errors, key=errors.get)
+    assert check["feeds"] == "held-out calibration feeds"
+    dense = ort.InferenceSession(str(models_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    written = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
+    held = calibration[3::4]
+    want = np.concatenate([dense.run(None, f)[0] for f in held])
+    got = np.concatenate([written.run(None, f)[0] for f in held])
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) == pytest.approx(errors[check["kept"]], rel=1e-3)
+
+
+def test_correct_writes_the_one_shot_model_when_that_moves_less_and_says_so(models_dir):
+    """A corrected trial that breaks the model loses to the one-shot one; the model is left as it was."""
+    from sparse24_onnx.calibration.capture import collect_stats
+    from sparse24_onnx.methods import CalibratedMethod
+    from sparse24_onnx.pipeline.channel_order import Guard
+    from sparse24_onnx.pipeline.correction_guard import ONE_SHOT, choose_correction
+
+    class Broken:
+        """Stands in for the sequential corrected method: every weight pruned to zero."""
+
+        step = ""
+
+        def prune(self, record, weights, out=None):
+            record.calibration = {"paired": True}
+            return np.zeros_like(weights)
+
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(8)]
+    model = load_model(models_dir / "mlp.onnx")
+    records = [r for r in FindWeights()(model).weights if r.status == Status.CANDIDATE]
+    before = {r.name: r.source.tensor.numpy().copy() for r in records}
+    warnings: list[str] = []
+    choice = choose_correction(
+        model, Broken(), lambda: CalibratedMethod("sparsegpt", collect_stats(model, records, feeds)),
+        Guard(feeds[3::4], None, None, "held-out calibration feeds"), warnings,
+    )  # fmt: skip
+    assert choice.entry["kept"] == ONE_SHOT
+    errors = choice.entry["output_error"]
+    assert errors["sequential, corrected"] > 0.9 > 0.5 > errors[ONE_SHOT]  # only the biases were left
+    assert len(warnings) == 1
+    assert "one-shot model was written" in warnings[0]
+    for record in records:
+        np.testing.assert_array_equal(record.source.tensor.numpy(), before[record.name])  # restored
+        assert np.count_nonzero(choice.results[record.name]) > 0  # the one-shot results
+        assert "paired" not in record.calibration
+
+
+def test_correct_with_permute_is_refused(models_dir, tmp_path):
+    with pytest.raises(BadInput, match="correct= with permute="):
+        prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=[{"x": np.zeros((1, 64), np.float32)}],
+                    sequential=True, correct=True, permute=True)  # fmt: skip
+
+
+def test_with_gates_the_check_scores_the_validation_feeds_by_them(models_dir, tmp_path):
+    """Choose by the task: the user's gates on the validation feeds decide between the two prunings."""
+    rng = np.random.default_rng(3)
+    calibration = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(8)]
+    held = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(2)]
+    result = prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=calibration, correct=True,
+                         inputs=held, min_top1_agreement=0.5)  # fmt: skip
+    check = result.report["calibration"]["correction"]
+    assert (check["feeds"], check["score"]) == ("validation feeds", "gates' violation")
+    scores = check["output_error"]
+    assert check["kept"] == min(scores, key=scores.get)
+    gate = result.report["validation"]["gates"][0]
+    # The written model's violation of the one gate, on the same feeds: (1 - agreement) / (1 - bound).
+    assert scores[check["kept"]] == pytest.approx((1 - gate["value"]) / 0.5)

@@ -45,9 +45,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--correct",
         action="store_true",
-        help="with --sequential: also offer each layer the error-correcting fit (GPTAQ): reproduce the dense "
-        "model's output from the pruned model's input, kept per layer where held-out rows say it helps "
-        "(measured: better on a CNN + LSTM, worse on a small transformer; docs/methods.md)",
+        help="prune layer by layer (implies --sequential), each fitted to reproduce the dense model's output "
+        "from the pruned model's input where its held-out rows say that helps (GPTAQ's error correction); the "
+        "whole model is also pruned in one shot and the one whose outputs move less on held-out calibration "
+        "feeds is written. Closest to dense on task metrics; ~3-5x the time (docs/methods.md)",
     )
     parser.add_argument(
         "--sequential",

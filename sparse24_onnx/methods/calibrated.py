@@ -154,6 +154,11 @@ def _tune_sample(w: np.ndarray, grid: QuantGrid | None) -> tuple[np.ndarray, Qua
     return w[sample], grid
 
 
+def _refit_affordable(rows: int, k: int) -> bool:
+    """Whether the tuned methods try the refit on a ``(rows, K)`` weight (:data:`TUNED_REFIT_FLOPS`)."""
+    return 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
+
+
 def _rows_used(stats: LayerStats) -> dict[str, int]:
     """The report's account of the rows ``X^T X`` took: how many, of how many there were."""
     return {"hessian_rows": stats.hessian_rows, "hessian_rows_available": stats.hessian_available}
@@ -312,8 +317,8 @@ class CalibratedMethod:
         note.update(
             method=config.label + (" + correction" if corrected else "") + (" (im2col)" if view.im2col else ""),
             solver=config.solver,
-            damp=config.damp if config.solver in ("sparsegpt", "admm") else None,
-            refit=False,
+            damp=config.damp if config.solver in ("sparsegpt", "admm") or config.refit else None,
+            refit=config.refit,
             corrected=corrected,
             layer_output_error=paired_output_error(w, pruned, *full),
             own_input_error=layer_output_error(w, pruned, full[0]),
@@ -322,10 +327,12 @@ class CalibratedMethod:
         return view.tensor(pruned, weights.dtype)
 
     def _choose_paired(self, w, grid, fit, held, stats, note) -> tuple[Config, bool]:
-        """The candidate (and whether to correct) with the lowest held-out error against the dense output."""
+        """The candidate (and whether to correct) with the lowest held-out error against the dense output;
+        then, as :meth:`_choose` does, whether refitting its kept weights (towards its own target) helps."""
+        full_rows = w.shape[0]
         w, grid = _tune_sample(w, grid)
         errors: dict[tuple[Config, bool], float] = {}
-        tried = candidates(self.name, w.shape[1], stats.hessian_rows - stats.held_out_rows, self.damp, False)
+        tried = candidates(self.name, w.shape[1], stats.hessian_rows - stats.held_out_rows, self.damp, self.refit)
         for number, config in enumerate(tried, start=1):
             for corrected in (False, True):
                 self.step = f"candidate {number}/{len(tried)}: {config.label}{' corrected' if corrected else ''}"
@@ -334,6 +341,14 @@ class CalibratedMethod:
                 errors[(config, corrected)] = paired_output_error(w, pruned, *held)
         lowest = min(errors.values())
         best = next(c for c in errors if errors[c] <= lowest * (1 + TIE))
+        config, corrected = best
+        if self.refit is None and config.solver != "admm" and _refit_affordable(full_rows, w.shape[1]):
+            refit = Config(config.solver, config.damp, refit=True)
+            self.step = f"candidate {refit.label}{' corrected' if corrected else ''}"
+            target = corrected_target(w, fit[0], fit[1], config.damp) if corrected else w
+            errors[(refit, corrected)] = paired_output_error(w, refit.solve(target, fit[0], grid, self._factors), *held)
+            if errors[(refit, corrected)] < errors[best] * (1 - TIE):
+                best = (refit, corrected)
         note["held_out_samples"] = stats.held_out_rows
         note["held_out_error"] = errors[best]
         note["candidates"] = {
@@ -471,9 +486,7 @@ class CalibratedMethod:
         lowest = min(errors.values())
         best = next(c for c in errors if errors[c] <= lowest * (1 + TIE))
         # ADMM's last iterations already refine its kept weights towards least squares: no refit candidate.
-        rows, k = full_rows, w.shape[1]
-        affordable = 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
-        if self.refit is None and affordable and best.solver != "admm":
+        if self.refit is None and best.solver != "admm" and _refit_affordable(full_rows, w.shape[1]):
             refit = Config(best.solver, best.damp, refit=True)
             self.step = f"candidate {refit.label}"
             errors[refit] = layer_output_error(w, refit.solve(w, fit, grid, self._factors), held)

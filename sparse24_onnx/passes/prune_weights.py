@@ -96,7 +96,7 @@ class PruneWeights(NeedsWeights):
     def call(self, model: ir.Model) -> PassResult:
         todo = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         if getattr(self.method, "sequential", False):
-            todo = _in_graph_order(model, todo)
+            todo = in_graph_order(model, todo)
         for done, record in enumerate(todo):
             if self.progress is not None:
                 self.progress(done, len(todo), record)
@@ -211,7 +211,7 @@ def requantize(grid: QuantGrid, stored: np.ndarray, pruned: np.ndarray, *, value
     return grid.quantize(pruned)
 
 
-def _in_graph_order(model: ir.Model, records: list[WeightRecord]) -> list[WeightRecord]:
+def in_graph_order(model: ir.Model, records: list[WeightRecord]) -> list[WeightRecord]:
     """Records sorted by the position of their first consumer in the main graph (others last)."""
     position = {node.name: i for i, node in enumerate(model.graph) if node.name}
     last = len(position)

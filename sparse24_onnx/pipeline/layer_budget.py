@@ -96,7 +96,7 @@ def fit_budget(
     """
     evaluations = 0
     score, bound = _scorer(bound)
-    scale = "error" if score is _worst else "violation"
+    scale = "error" if score is worst_finite else "violation"
 
     def error_with(names: set[str]) -> float:
         nonlocal evaluations
@@ -134,12 +134,13 @@ def _scorer(bound: float | list[Gate]) -> tuple[Callable[[list[OutputComparison]
     if isinstance(bound, list) and len(bound) == 1 and bound[0].option == "max_rel_error" and not bound[0].output:
         bound = bound[0].bound
     if not isinstance(bound, list):
-        return _worst, float(bound)
+        return worst_finite, float(bound)
     gates = bound
     return (lambda comparisons: violation(gates, comparisons)), 1.0
 
 
-def _worst(comparisons: list[OutputComparison]) -> float:
+def worst_finite(comparisons: list[OutputComparison]) -> float:
+    """The worst relative L2 error of the outputs (inf when one is NaN: a trial that broke the model loses)."""
     worst = worst_error(comparisons)
     return math.inf if math.isnan(worst) else worst
 
@@ -154,7 +155,7 @@ def output_error(
 ) -> float:
     """The worst relative output error of ``model`` with ``records``' weights replaced by their ``pruned``
     values (inf when an output is NaN)."""
-    return _worst(output_comparisons(model, records, pruned, feeds, reference, output_names))
+    return worst_finite(output_comparisons(model, records, pruned, feeds, reference, output_names))
 
 
 def output_comparisons(

@@ -162,6 +162,7 @@ class PruneOptions:
             o(name)
             for name, on in (
                 ("sequential", self.sequential),
+                ("correct", self.correct),
                 ("refit", self.refit is not None),
                 ("damp", self.damp is not None),
                 ("tune", not self.tune),
@@ -187,8 +188,13 @@ class PruneOptions:
             raise BadInput(f"{o('damp')} must be a fraction of the Hessian's mean diagonal, in [0, 10)")
         if self.calibration_memory is not None and not self.calibration_memory > 0:
             raise BadInput(f"{o('calibration_memory')} must be a positive number of GiB")
-        if self.correct and not self.sequential:
-            raise BadInput(f"{o('correct')} fits each layer on the model pruned before it: give {o('sequential')} too")
+        if self.correct:
+            self.sequential = True  # the correction fits each layer on the model pruned before it
+        if self.correct and self.permute:
+            raise BadInput(
+                f"{o('correct')} with {o('permute')}: not supported together yet (the correction's model-level check "
+                "and the channel order's would each prune the model twice); drop one"
+            )
         self._check_quantize()
         if self.rows_per_feature is not None:
             if (

@@ -64,6 +64,8 @@ class RunFacts:
     input_files: set[Path] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, object] | None = None
+    #: ``--correct``'s model-level check: each trial's output error on the guard's feeds and which was kept.
+    correction: dict[str, object] | None = None
     #: Wall seconds per phase (load, reference run, capture, permutation, sensitivity search, pruning ...).
     timings: dict[str, float] = field(default_factory=dict)
     #: Threads onnxruntime and NumPy ran with (:func:`~sparse24_onnx.runtime.threads.thread_counts`).

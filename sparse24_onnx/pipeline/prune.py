@@ -38,7 +38,9 @@ from ..runtime.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges
 from ..runtime.loaders import image_feeds, text_feeds
 from ..runtime.sessions import open_session
 from ..runtime.threads import thread_counts
+from ..validation.gates import violation
 from .channel_order import Guard, choose_channel_order
+from .correction_guard import choose_correction
 from .layer_budget import leave_sensitive_dense
 from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
@@ -127,8 +129,8 @@ class _PruneRun:
             reference = run_reference(session, feeds)
             del session  # free the input's session (its copy of the weights) before pruning
             clock.lap("reference run")
-            method = self.calibrate(model, calibration, stack) or method
-            clock.lap("capture")
+            method = self.calibrate(model, calibration, stack, reference) or method
+            clock.lap("capture" if facts.correction is None else "capture, both trials of --correct")
             method = self.permute(model, method, calibration, reference)
             clock.lap("permutation")
             budget = None
@@ -146,6 +148,8 @@ class _PruneRun:
                 facts.calibration = calibration_entry(
                     records, options.method, options.method_chosen, calibration, stats, self.warnings
                 )
+                if facts.correction is not None:
+                    facts.calibration["correction"] = facts.correction
             if step is not None:
                 step.activations(model, records, calibration.feeds, self.warnings)
                 clock.lap("activation calibration")
@@ -284,14 +288,17 @@ class _PruneRun:
         loaded.source = described
         return loaded
 
-    def calibrate(self, model: ir.Model, calibration: FeedSet | None, stack: ExitStack) -> PruneMethod | None:
-        """The calibrated method, with its statistics captured from the calibration feeds (unpermuted model)."""
+    def calibrate(
+        self, model: ir.Model, calibration: FeedSet | None, stack: ExitStack, reference: Reference | None
+    ) -> PruneMethod | None:
+        """The calibrated method, with its statistics captured from the calibration feeds (unpermuted model);
+        with ``--correct``, the prunings it compares already done (:mod:`.correction_guard`)."""
         options = self.options
         if calibration is None:
             return None
         rows_per_feature = ROWS_PER_FEATURE if options.rows_per_feature is None else options.rows_per_feature
         if options.sequential:
-            return SequentialMethod(
+            sequential = SequentialMethod(
                 options.method,
                 model,
                 calibration.feeds,
@@ -301,6 +308,37 @@ class _PruneRun:
                 rows_per_feature=rows_per_feature,
                 dense=load_model(self.facts.input) if options.correct else None,  # the input as on disk
             )
+            if not options.correct:
+                return sequential
+            if needs_external_data(model):
+                self.warnings.append(
+                    f"{options.spell('correct')}: the model is too large to prune both ways in memory, so the "
+                    "corrected model was written without the model-level check against the one-shot one"
+                )
+                return sequential
+            guard, score, scored = Guard.held_out(calibration), None, "worst relative L2 error"
+            gates = options.gates
+            if gates and reference is not None:  # the user's own measure of the task decides
+                guard = Guard(reference.feeds.feeds, reference.outputs, reference.output_names, "validation feeds")
+                score, scored = (lambda comparisons: violation(gates, comparisons)), "gates' violation"
+            choice = choose_correction(
+                model,
+                sequential,
+                lambda: self.one_shot(model, calibration, stack),
+                guard,
+                self.warnings,
+                options.spell("correct"),
+                score=score,
+                scored=scored,
+            )
+            self.facts.correction = choice.entry
+            return choice
+        return self.one_shot(model, calibration, stack)
+
+    def one_shot(self, model: ir.Model, calibration: FeedSet, stack: ExitStack) -> CalibratedMethod:
+        """The calibrated method with every layer's statistics captured in one pass over the unpruned model."""
+        options = self.options
+        rows_per_feature = ROWS_PER_FEATURE if options.rows_per_feature is None else options.rows_per_feature
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
         started = time.monotonic()
