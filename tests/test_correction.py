@@ -117,7 +117,7 @@ def test_correct_implies_sequential_and_needs_a_calibrated_method(models_dir, tm
     result = prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=calibration, correct=True,
                          validate=False)  # fmt: skip
     check = result.report["calibration"]["correction"]  # the sequential corrected trial ran
-    assert set(check["output_error"]) == {"sequential, corrected", "one shot"}
+    assert set(check["scores"]) == {"sequential, corrected", "one shot"}
     with pytest.raises(BadInput, match="correct= go"):
         prune_model(models_dir / "mlp.onnx", tmp_path / "p.onnx", method="magnitude", correct=True)
 
@@ -157,7 +157,7 @@ def test_correct_keeps_the_trial_whose_outputs_move_less(models_dir, tmp_path):
     result = prune_model(models_dir / "mlp.onnx", tmp_path / "o.onnx", calibration=calibration, sequential=True,
                          correct=True, validate=False)  # fmt: skip
     check = result.report["calibration"]["correction"]
-    errors = check["output_error"]
+    errors = check["scores"]
     assert check["kept"] == min(errors, key=errors.get)
     assert check["feeds"] == "held-out calibration feeds"
     dense = ort.InferenceSession(str(models_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
@@ -195,7 +195,7 @@ def test_correct_writes_the_one_shot_model_when_that_moves_less_and_says_so(mode
         Guard(feeds[3::4], None, None, "held-out calibration feeds"), warnings,
     )  # fmt: skip
     assert choice.entry["kept"] == ONE_SHOT
-    errors = choice.entry["output_error"]
+    errors = choice.entry["scores"]
     assert errors["sequential, corrected"] > 0.9 > 0.5 > errors[ONE_SHOT]  # only the biases were left
     assert len(warnings) == 1
     assert "one-shot model was written" in warnings[0]
@@ -220,7 +220,7 @@ def test_with_gates_the_check_scores_the_validation_feeds_by_them(models_dir, tm
                          inputs=held, min_top1_agreement=0.5)  # fmt: skip
     check = result.report["calibration"]["correction"]
     assert (check["feeds"], check["score"]) == ("validation feeds", "gates' violation")
-    scores = check["output_error"]
+    scores = check["scores"]
     assert check["kept"] == min(scores, key=scores.get)
     gate = result.report["validation"]["gates"][0]
     # The written model's violation of the one gate, on the same feeds: (1 - agreement) / (1 - bound).

@@ -100,7 +100,7 @@ def choose_correction(
     entry = {
         "feeds": guard.label,
         "score": scored,
-        "output_error": {CORRECTED: corrected, ONE_SHOT: plain},
+        "scores": {CORRECTED: corrected, ONE_SHOT: plain},
         "kept": kept,
         "uncorrected": [{"why": why, "count": count} for why, count in unpaired.most_common()],
     }
