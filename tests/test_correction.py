@@ -225,3 +225,81 @@ def test_with_gates_the_check_scores_the_validation_feeds_by_them(models_dir, tm
     gate = result.report["validation"]["gates"][0]
     # The written model's violation of the one gate, on the same feeds: (1 - agreement) / (1 - bound).
     assert scores[check["kept"]] == pytest.approx((1 - gate["value"]) / 0.5)
+
+
+def test_the_block_target_also_undoes_the_residual_streams_error():
+    """With a residual stream moved by ``E``, the target is the least-squares fit to ``X W^T + E``."""
+    from sparse24_onnx.core.correction import Residual
+
+    x, x_pruned, w = _perturbed_layer(2)
+    rng = np.random.default_rng(5)
+    error = x_pruned @ rng.standard_normal((32, 12)) * 0.1 + 0.05 * rng.standard_normal((400, 12))
+    residual = Residual(x_pruned.T @ error, x.T @ error, (error**2).sum(axis=0))
+    h_pruned, cross, h = x_pruned.T @ x_pruned, x_pruned.T @ x, x.T @ x
+    ours = corrected_target(w, h_pruned, cross, damp=0.0, residual=residual)
+    reference = np.linalg.lstsq(x_pruned, x @ w.T + error, rcond=None)[0].T
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-8)
+    pruned = sparsegpt_24(ours, h_pruned, damp=0.01)
+    direct = np.linalg.norm(x_pruned @ pruned.T - x @ w.T - error) / np.linalg.norm(x @ w.T)
+    assert paired_output_error(w, pruned, h_pruned, cross, h, residual=residual) == pytest.approx(direct, rel=1e-9)
+    layer_only = sparsegpt_24(corrected_target(w, h_pruned, cross, 0.0), h_pruned, damp=0.01)
+    assert paired_output_error(w, layer_only, h_pruned, cross, h, residual=residual) > direct
+
+
+def _residual_model(w1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
+    """y = relu(x W1) W2 + b + relu(x W1): W2's output is added to a residual stream (through a bias)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"),
+        helper.make_node("Relu", ["a"], ["h"], name="relu"),
+        helper.make_node("MatMul", ["h", "w2"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "b2"], ["mb"], name="bias"),
+        helper.make_node("Reshape", ["mb", "shape"], ["r"], name="keep"),
+        helper.make_node("Add", ["r", "h"], ["y"], name="residual"),
+    ]
+    inits = [
+        numpy_helper.from_array(w1.astype(np.float32), "w1"),
+        numpy_helper.from_array(w2.astype(np.float32), "w2"),
+        numpy_helper.from_array(np.linspace(-1, 1, 16).astype(np.float32), "b2"),
+        numpy_helper.from_array(np.array([-1, 16], np.int64), "shape"),
+    ]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_residual_streams_error_is_captured_beside_the_layer_inputs(tmp_path):
+    """``G = X~^T E``, ``F = X^T E`` and ``||E_j||^2`` against onnxruntime's activations; the stream is found
+    through the bias ``Add`` and the ``Reshape``."""
+    from sparse24_onnx.calibration.paired import residual_stream
+
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((16, 16)), rng.standard_normal((16, 16))
+    moved = w1.copy()
+    moved[::2] = 0
+    onnx.save(_residual_model(w1, w2), tmp_path / "dense.onnx")
+    onnx.save(_residual_model(moved, w2), tmp_path / "pruned.onnx")
+    dense, pruned = load_model(tmp_path / "dense.onnx"), load_model(tmp_path / "pruned.onnx")
+    record = next(r for r in FindWeights(tc_shapes="off")(pruned).weights if r.name == "w2")
+    assert residual_stream(record.uses[0].ref).name == "h"
+    first = next(r for r in FindWeights(tc_shapes="off")(pruned).weights if r.name == "w1")
+    assert residual_stream(first.uses[0].ref) is None  # read by Relu, not added to a stream
+    feeds = [{"x": rng.standard_normal((6, 16)).astype(np.float32)} for _ in range(4)]
+    paired = collect_paired_stats(dense, pruned, record, feeds, hold_out=False, rows_per_feature=0)
+
+    def hidden(path):
+        model = onnx.load(path)
+        model.graph.output.append(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(["h"], f)[0] for f in feeds]).astype(np.float64)
+
+    x, x_pruned = hidden(tmp_path / "dense.onnx"), hidden(tmp_path / "pruned.onnx")
+    error = x - x_pruned  # the stream is the layer input itself here
+    found = paired.residual("full")
+    scale = np.abs(x.T @ x).max()
+    np.testing.assert_allclose(found.g, x_pruned.T @ error, atol=1e-5 * scale)
+    np.testing.assert_allclose(found.f, x.T @ error, atol=1e-5 * scale)
+    np.testing.assert_allclose(found.sq_norms, (error**2).sum(axis=0), atol=1e-5 * scale)
+    np.testing.assert_allclose(paired.blocks("full")[0], x_pruned.T @ x_pruned, atol=1e-5 * scale)
+    assert paired.pruned_stats.sq_norm.shape == (16,)

@@ -11,6 +11,11 @@ needs ``H~ = X~^T X~``, the cross term ``C = X~^T X`` and ``H = X^T X``.  All th
 blocks of ``Z^T Z`` for ``Z = [X~ | X]`` (the two activations side by side along the features),
 so the capture is the ordinary one (:mod:`.capture`: row sampling, held-out rows, NaN rows)
 run on the two models' activations joined along K.
+
+Block level: a MatMul/Gemm whose output (through a bias ``Add`` or a ``Reshape``) is added to
+a residual stream gets the stream's error ``E = R - R~`` joined too, ``Z = [X~ | X | E]``, so
+that ``G = X~^T E``, ``F = X^T E`` and ``||E||^2`` come from the same product
+(:class:`~..core.correction.Residual`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from ..core.correction import Residual
 from ..passes.weights import WeightRecord
 from ..runtime.sessions import open_model_session, run_feeds
 from .capture import ConvPatches, LayerStats, _accumulate, _Input, layer_inputs
@@ -50,6 +56,12 @@ class PairedStats:
     joint: LayerStats
     pruned: np.ndarray
     dense: np.ndarray
+    #: ``Z``'s features holding the residual stream's error ``E`` (None: no residual stream, or not used).
+    error: np.ndarray | None = None
+    #: Why a residual stream that was found is not used (its rows did not line up with the layer input's).
+    residual_note: str = ""
+    #: The layer input's channels (``K``, or a convolution's input channels): ``sum of X_j^2`` comes first.
+    channels: int = 0
 
     def blocks(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(H~, C, H)`` (float64) over every row (``full``), the fitted rows (``fit``) or the held-out ones
@@ -66,11 +78,65 @@ class PairedStats:
         p, d = self.pruned, self.dense
         return z[np.ix_(p, p)], z[np.ix_(p, d)], z[np.ix_(d, d)]
 
+    def residual(self, kind: str) -> Residual | None:
+        """``G = X~^T E``, ``F = X^T E`` and ``||E||^2`` over the rows of ``kind`` (as :meth:`blocks`), or
+        None without a residual stream."""
+        if self.error is None:
+            return None
+        stats = self.joint
+        if kind == "full":
+            z = stats.hessian
+        elif kind == "held":
+            if stats.held_out is None:
+                return None
+            z = stats.held_out
+        else:
+            z = stats.fit_hessian()
+        z = np.asarray(z)
+        e = self.error
+        return Residual(
+            np.asarray(z[np.ix_(self.pruned, e)], dtype=np.float64),
+            np.asarray(z[np.ix_(self.dense, e)], dtype=np.float64),
+            np.asarray(np.diagonal(z)[e], dtype=np.float64),
+        )
+
     @property
     def pruned_stats(self) -> LayerStats:
         """The pruned-side statistics alone, as :func:`~.capture.collect_stats` would give them."""
-        channels = self.joint.sq_norm.shape[0] // 2
-        return self.joint.subset(self.pruned, np.arange(channels))
+        return self.joint.subset(self.pruned, np.arange(self.channels))
+
+
+#: Nodes a layer's output may pass through on its way to the residual ``Add`` (a bias ``Add``, a reshape
+#: that only regroups rows, an identity): their outputs keep the rows of the layer's input in order.
+_ROW_KEEPING = ("Add", "Reshape", "Identity")
+
+
+def residual_stream(node: ir.Node) -> ir.Value | None:
+    """The residual stream the output of ``node`` (a MatMul/Gemm) is added to, or None.
+
+    Followed through a bias ``Add`` (a constant operand), ``Reshape`` and ``Identity``, each the only
+    reader of what it reads; the stream is the other operand of the first ``Add`` of two computed values.
+    """
+    value = node.outputs[0]
+    for _ in range(6):
+        uses = list(value.uses())
+        if len(uses) != 1:
+            return None
+        user, index = uses[0].node, uses[0].idx
+        if user.op_type not in _ROW_KEEPING or user.domain not in ("", "ai.onnx"):
+            return None
+        if user.op_type == "Add":
+            other = user.inputs[1 - index]
+            if other is None:
+                return None
+            producer = other.producer()
+            constant = other.const_value is not None or (producer is not None and producer.op_type == "Constant")
+            if not constant:
+                return other if other.name else None
+        elif index != 0:
+            return None
+        value = user.outputs[0]
+    return None
 
 
 def collect_paired_stats(
@@ -82,10 +148,14 @@ def collect_paired_stats(
     hold_out: bool,
     rows_per_feature: int,
     hint: str = "check the arrays of --calibration",
+    residual: bool = True,
 ) -> PairedStats | Unpaired:
     """The paired statistics of ``record``'s layer input, or why the pairing does not apply (a weight with
     several layer inputs, inside a subgraph, a grouped convolution): the caller then fits it uncorrected.
-    Both models must hold the layer input under the same name (one is the other before pruning)."""
+    Both models must hold the layer input under the same name (one is the other before pruning).
+
+    With ``residual``, a layer whose output is added to a residual stream (:func:`residual_stream`, rows
+    in the layout ``last``) gets the stream's error joined too (the module docstring)."""
     pairs = layer_inputs(pruned, [record]).get(record.name, [])
     if len(pairs) != 1:
         return Unpaired(f"the weight reads {len(pairs) or 'no captured'} layer input(s), not one")
@@ -94,9 +164,7 @@ def collect_paired_stats(
         return Unpaired("its layer input is inside a subgraph")
     if isinstance(layout, ConvPatches) and layout.groups != 1:
         return Unpaired("a grouped convolution")
-    twin = next((v for n in dense.graph for v in n.outputs if v.name == value.name), None)
-    if twin is None:
-        twin = next((v for v in dense.graph.inputs if v.name == value.name), None)
+    twin = _twin(dense, value.name)
     if twin is None:
         return Unpaired(f"the dense model has no value {value.name!r}")
     kind = "channels" if isinstance(layout, ConvPatches) else layout
@@ -105,30 +173,56 @@ def collect_paired_stats(
     joined_layout = layout
     if isinstance(layout, ConvPatches):
         joined_layout = ConvPatches(layout.kernel, layout.strides, layout.pads, layout.dilations, layout.auto_pad)
-    features = joined_layout.features(2 * k) if isinstance(layout, ConvPatches) else 2 * k
-    item = _Input([(value, joined_layout)], features, 2 * k, weights=[record.name])
+    stream = twin_stream = None
+    n = 0
+    if residual and layout == "last" and len(record.uses) == 1 and record.uses[0].ref is not None:
+        stream = residual_stream(record.uses[0].ref)
+        twin_stream = None if stream is None else _twin(dense, stream.name)
+        if twin_stream is None:
+            stream = None
+        else:
+            n = int(np.prod(record.shape)) // k  # the layer's outputs: E's features
+    features = joined_layout.features(2 * k) if isinstance(layout, ConvPatches) else 2 * k + n
+    item = _Input([(value, joined_layout)], features, 2 * k + n, weights=[record.name])
     if rows_per_feature and len(feeds):
         item.cap = max(1, -(-rows_per_feature * features // len(feeds)))
     by_feed = hold_out and len(feeds) >= 4
     with tempfile.TemporaryDirectory(prefix="sparse24-paired-") as folder:
         sessions = []
-        for model, exposed in ((pruned, value), (dense, twin)):
-            added = exposed not in model.graph.outputs
-            if added:
-                model.graph.outputs.append(exposed)
+        for model, wanted in ((pruned, [value, stream]), (dense, [twin, twin_stream])):
+            exposed = [v for v in wanted if v is not None]
+            added = [v for v in exposed if v not in model.graph.outputs]
+            model.graph.outputs.extend(added)
             try:
-                sessions.append((open_model_session(model, Path(folder) / f"{len(sessions)}.onnx"), exposed.name))
+                session = open_model_session(model, Path(folder) / f"{len(sessions)}.onnx")
+                sessions.append((session, [v.name for v in exposed]))
             finally:
-                if added:
-                    model.graph.outputs.remove(exposed)
+                for v in added:
+                    model.graph.outputs.remove(v)
+        misaligned = ""
         for index, feed in enumerate(feeds):
-            activations = []
-            for session, name in sessions:
+            activations, streams = [], []
+            for session, wanted in sessions:
                 names = [o.name for o in session.get_outputs()]
-                activations.append(run_feeds(session, [feed], hint=hint)[0][names.index(name)])
-            if any(np.asarray(a).size == 0 for a in activations):
+                outputs = run_feeds(session, [feed], hint=hint)[0]
+                activations.append(np.asarray(outputs[names.index(wanted[0])]))
+                if stream is not None:
+                    streams.append(np.asarray(outputs[names.index(wanted[1])], dtype=np.float32))
+            if any(a.size == 0 for a in activations):
                 continue
-            joined = np.concatenate([np.asarray(a) for a in activations], axis=axis)
+            if stream is not None:
+                x_pruned, x_dense = (a.reshape(-1, k) for a in activations)
+                error = (streams[1] - streams[0]).reshape(-1, n) if streams[0].size % n == 0 else None
+                if error is None or error.shape[0] != x_pruned.shape[0]:
+                    # The stream's rows are not the layer input's: its error cannot be used (for any feed).
+                    misaligned = (
+                        f"the residual stream {stream.name!r} has {streams[0].shape} values for "
+                        f"{x_pruned.shape[0]} rows of the layer input"
+                    )
+                    error = np.zeros((x_pruned.shape[0], n), np.float32)
+                joined = np.concatenate([x_pruned, x_dense, error.astype(x_pruned.dtype)], axis=-1)
+            else:
+                joined = np.concatenate(activations, axis=axis)
             _accumulate(
                 item, joined_layout, joined, True,
                 held=hold_out and by_feed and index % 4 == 3, split_rows=hold_out and not by_feed, feed=index,
@@ -141,4 +235,11 @@ def collect_paired_stats(
     positions = features // (2 * k)
     offsets = np.arange(positions)[:, None] * 2 * k
     pruned_index = (offsets + np.arange(k)[None, :]).reshape(-1)
-    return PairedStats(item.stats, pruned_index, pruned_index + k)
+    error_index = np.arange(2 * k, 2 * k + n) if stream is not None and not misaligned else None
+    return PairedStats(item.stats, pruned_index, pruned_index + k, error_index, misaligned, channels=k)
+
+
+def _twin(dense: ir.Model, name: str) -> ir.Value | None:
+    """The dense model's value of this name (a node's output or a graph input), or None."""
+    found = next((v for node in dense.graph for v in node.outputs if v.name == name), None)
+    return found if found is not None else next((v for v in dense.graph.inputs if v.name == name), None)

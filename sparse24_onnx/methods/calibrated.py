@@ -12,7 +12,7 @@ from ..calibration.capture import LayerStats
 from ..calibration.paired import PairedStats, Unpaired
 from ..core import prune_24_dense
 from ..core.admm import admm_24
-from ..core.correction import corrected_target, paired_output_error
+from ..core.correction import Residual, corrected_target, paired_output_error
 from ..core.quantized import QuantGrid
 from ..core.sparsegpt import (
     factor_inverse,
@@ -143,20 +143,43 @@ def candidates(family: str, k: int, rows: int, damp: float | None, refit: bool |
     return configs
 
 
-def _tune_sample(w: np.ndarray, grid: QuantGrid | None) -> tuple[np.ndarray, QuantGrid | None]:
+def _tune_sample(w: np.ndarray, grid: QuantGrid | None) -> tuple[np.ndarray, QuantGrid | None, np.ndarray | None]:
     """At most :data:`TUNE_ROWS` of a weight's rows (a fixed random sample) and their grid, to compare
-    candidates on: each row's problem is separate, so a sample ranks them as the whole would."""
+    candidates on: each row's problem is separate, so a sample ranks them as the whole would.  Also the
+    rows taken (None: all)."""
     if w.shape[0] <= TUNE_ROWS:
-        return w, grid
+        return w, grid, None
     sample = np.sort(np.random.default_rng(0).choice(w.shape[0], TUNE_ROWS, replace=False))
     if grid is not None:
         grid = QuantGrid(grid.dtype, grid.scale[sample], grid.zero_point[sample], grid.divide)
-    return w[sample], grid
+    return w[sample], grid, sample
+
+
+def _residual_rows(residual: Residual | None, rows: np.ndarray | None) -> Residual | None:
+    """The residual terms of some of the weight's rows (each term is per output row)."""
+    if residual is None or rows is None:
+        return residual
+    return Residual(residual.g[:, rows], residual.f[:, rows], residual.sq_norms[rows])
 
 
 def _refit_affordable(rows: int, k: int) -> bool:
     """Whether the tuned methods try the refit on a ``(rows, K)`` weight (:data:`TUNED_REFIT_FLOPS`)."""
     return 24.0 * rows * k * k <= TUNED_REFIT_FLOPS
+
+
+#: The targets ``--correct`` offers each paired layer: its own weight (``none``), the dense output from the
+#: pruned input (``layer``), and, where the layer feeds a residual stream, the dense block's output
+#: (``block``: also undo the stream's error).
+CORRECTIONS = ("none", "layer", "block")
+_CORRECTION_LABEL = {"none": "", "layer": " + correction", "block": " + block correction"}
+
+
+def _target(w: np.ndarray, blocks, stream: Residual | None, correction: str, damp: float) -> np.ndarray:
+    """What a paired layer's weights are fitted to: ``w``, or the corrected target (with the stream's error
+    for ``block``)."""
+    if correction == "none":
+        return w
+    return corrected_target(w, blocks[0], blocks[1], damp, residual=stream if correction == "block" else None)
 
 
 def _rows_used(stats: LayerStats) -> dict[str, int]:
@@ -306,54 +329,65 @@ class CalibratedMethod:
         grid = view.grid(record.grid)
         k = w.shape[1]
         note: dict[str, object] = {"samples": own.rows, "k": k, **_rows_used(own), "paired": True}
-        full, fit, held = paired.blocks("full"), paired.blocks("fit"), paired.blocks("held")
-        if self.tune and held is not None and own.held_out_rows > 0:
-            config, corrected = self._choose_paired(w, grid, fit, held, own, note)
+        blocks = {kind: paired.blocks(kind) for kind in ("full", "fit", "held")}
+        streams = {kind: paired.residual(kind) for kind in ("full", "fit", "held")}
+        if streams["full"] is not None and streams["full"].g.shape[1] != w.shape[0]:
+            streams = dict.fromkeys(streams)  # the stream's features are not this view's rows
+        note["residual"] = streams["full"] is not None
+        if paired.residual_note:
+            note["residual_note"] = paired.residual_note
+        if self.tune and blocks["held"] is not None and own.held_out_rows > 0:
+            config, correction = self._choose_paired(w, grid, blocks, streams, own, note)
         else:
-            config, corrected = self._fixed(k), True
-        self.step = f"{config.label}{' towards the dense output' if corrected else ''} on all rows"
-        target = corrected_target(w, full[0], full[1], config.damp) if corrected else w
+            config, correction = self._fixed(k), ("block" if streams["full"] is not None else "layer")
+        full, stream = blocks["full"], streams["full"]
+        self.step = f"{config.label}{' towards the dense output' if correction != 'none' else ''} on all rows"
+        target = _target(w, full, stream, correction, config.damp)
         pruned = config.solve(target, full[0], grid, self._factors)
         note.update(
-            method=config.label + (" + correction" if corrected else "") + (" (im2col)" if view.im2col else ""),
+            method=config.label + _CORRECTION_LABEL[correction] + (" (im2col)" if view.im2col else ""),
             solver=config.solver,
             damp=config.damp if config.solver in ("sparsegpt", "admm") or config.refit else None,
             refit=config.refit,
-            corrected=corrected,
-            layer_output_error=paired_output_error(w, pruned, *full),
+            corrected=correction != "none",
+            correction=correction,
+            layer_output_error=paired_output_error(w, pruned, *full, residual=stream),
             own_input_error=layer_output_error(w, pruned, full[0]),
         )
         record.calibration = note
         return view.tensor(pruned, weights.dtype)
 
-    def _choose_paired(self, w, grid, fit, held, stats, note) -> tuple[Config, bool]:
-        """The candidate (and whether to correct) with the lowest held-out error against the dense output;
-        then, as :meth:`_choose` does, whether refitting its kept weights (towards its own target) helps."""
+    def _choose_paired(self, w, grid, blocks, streams, stats, note) -> tuple[Config, str]:
+        """The candidate (and which correction) with the lowest held-out error against the dense output (the
+        dense block's, where the layer feeds a residual stream); then, as :meth:`_choose` does, whether
+        refitting its kept weights (towards its own target) helps."""
         full_rows = w.shape[0]
-        w, grid = _tune_sample(w, grid)
-        errors: dict[tuple[Config, bool], float] = {}
+        w, grid, rows = _tune_sample(w, grid)
+        fit, held = blocks["fit"], blocks["held"]
+        fit_stream, held_stream = (_residual_rows(streams[kind], rows) for kind in ("fit", "held"))
+        corrections = CORRECTIONS if fit_stream is not None else ("none", "layer")
+        errors: dict[tuple[Config, str], float] = {}
         tried = candidates(self.name, w.shape[1], stats.hessian_rows - stats.held_out_rows, self.damp, self.refit)
         for number, config in enumerate(tried, start=1):
-            for corrected in (False, True):
-                self.step = f"candidate {number}/{len(tried)}: {config.label}{' corrected' if corrected else ''}"
-                target = corrected_target(w, fit[0], fit[1], config.damp) if corrected else w
-                pruned = config.solve(target, fit[0], grid, self._factors)  # one factor for both
-                errors[(config, corrected)] = paired_output_error(w, pruned, *held)
+            for correction in corrections:
+                self.step = f"candidate {number}/{len(tried)}: {config.label}{_CORRECTION_LABEL[correction]}"
+                target = _target(w, fit, fit_stream, correction, config.damp)
+                pruned = config.solve(target, fit[0], grid, self._factors)  # one factor for all
+                errors[(config, correction)] = paired_output_error(w, pruned, *held, residual=held_stream)
         lowest = min(errors.values())
         best = next(c for c in errors if errors[c] <= lowest * (1 + TIE))
-        config, corrected = best
+        config, correction = best
         if self.refit is None and config.solver != "admm" and _refit_affordable(full_rows, w.shape[1]):
             refit = Config(config.solver, config.damp, refit=True)
-            self.step = f"candidate {refit.label}{' corrected' if corrected else ''}"
-            target = corrected_target(w, fit[0], fit[1], config.damp) if corrected else w
-            errors[(refit, corrected)] = paired_output_error(w, refit.solve(target, fit[0], grid, self._factors), *held)
-            if errors[(refit, corrected)] < errors[best] * (1 - TIE):
-                best = (refit, corrected)
+            self.step = f"candidate {refit.label}{_CORRECTION_LABEL[correction]}"
+            target = _target(w, fit, fit_stream, correction, config.damp)
+            pruned = refit.solve(target, fit[0], grid, self._factors)
+            errors[(refit, correction)] = paired_output_error(w, pruned, *held, residual=held_stream)
+            if errors[(refit, correction)] < errors[best] * (1 - TIE):
+                best = (refit, correction)
         note["held_out_samples"] = stats.held_out_rows
         note["held_out_error"] = errors[best]
-        note["candidates"] = {
-            c.label + (" + correction" if corrected else ""): e for (c, corrected), e in errors.items()
-        }
+        note["candidates"] = {c.label + _CORRECTION_LABEL[correction]: e for (c, correction), e in errors.items()}
         return best
 
     def evaluate(self, record: WeightRecord, weights: np.ndarray, stats: LayerStats) -> float | None:
@@ -474,7 +508,7 @@ class CalibratedMethod:
         """
         fit, held = self._hessian(stats, "fit"), self._hessian(stats, "held")
         full_rows = w.shape[0]
-        w, grid = _tune_sample(w, grid)
+        w, grid, _ = _tune_sample(w, grid)
         errors: dict[Config, float] = {}
         fit_rows = stats.hessian_rows - stats.held_out_rows
         tried = candidates(self.name, w.shape[1], fit_rows, self.damp, self.refit)
