@@ -303,3 +303,25 @@ def test_the_residual_streams_error_is_captured_beside_the_layer_inputs(tmp_path
     np.testing.assert_allclose(found.sq_norms, (error**2).sum(axis=0), atol=1e-5 * scale)
     np.testing.assert_allclose(paired.blocks("full")[0], x_pruned.T @ x_pruned, atol=1e-5 * scale)
     assert paired.pruned_stats.sq_norm.shape == (16,)
+
+
+def test_the_runs_guard_is_the_gates_on_the_validation_feeds_when_there_are_gates():
+    """One rule for every model-level check (--permute, --correct): the user's gates decide where given."""
+    from types import SimpleNamespace
+
+    from sparse24_onnx.pipeline.guard import Guard
+    from sparse24_onnx.runtime.feeds import FeedSet
+    from sparse24_onnx.validation.compare import compare_runs
+    from sparse24_onnx.validation.gates import parse_bounds
+
+    feeds = [{"x": np.full((2, 4), i, np.float32)} for i in range(8)]
+    calibration = FeedSet(feeds, source="test", inputs=[])
+    reference = SimpleNamespace(feeds=SimpleNamespace(feeds=feeds[:2]), outputs=[[np.eye(4)]] * 2, output_names=["y"])
+    assert Guard.for_run(calibration, reference, []).feeds == feeds[3::4]
+    assert Guard.for_run(None, reference, []).label == "validation feeds"
+    assert Guard.for_run(None, None, []) is None
+    gates = parse_bounds("min_top1_agreement=", 0.5)
+    guard = Guard.for_run(calibration, reference, gates)
+    assert (guard.label, guard.scored) == ("validation feeds", "gates' violation")
+    half_right = np.eye(4)[[0, 1, 0, 0]]  # top-1 agrees on 2 of 4 rows: the gate's bound, violation 1
+    assert guard.measure(compare_runs(["y"], [[np.eye(4)]], [[half_right]])) == pytest.approx(1.0)

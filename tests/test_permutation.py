@@ -127,6 +127,15 @@ def test_without_calibration_the_validation_feeds_guard_the_order(models_dir, tm
         assert info["guard"] == "validation feeds"
         errors = info["model_error"]
         assert info.get("kept", True) == (errors["permuted"] < errors["original"])
+    # With a gate, the gate decides (its violation on the validation feeds), with calibration too.
+    rng = np.random.default_rng(0)
+    images = [{"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)} for _ in range(4)]
+    gated = prune_model(models_dir / "cnn_bn.onnx", tmp_path / "s.onnx", permute=True, method="sparsegpt",
+                        calibration=images, num_feeds=2, max_rel_error=10.0)  # fmt: skip
+    checked = [r.permutation for r in gated.records if r.permutation and "model_error" in r.permutation]
+    assert checked
+    for info in checked:
+        assert (info["guard"], info["guard_score"]) == ("validation feeds", "gates' violation")
     # No data at all: said, not silently trusted.
     bare = prune_model(models_dir / "cnn_bn.onnx", tmp_path / "r.onnx", permute=True, validate=False)
     assert any("no calibration or validation data" in w for w in bare.report["warnings"])

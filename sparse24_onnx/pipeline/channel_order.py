@@ -16,10 +16,7 @@ and a warning says so: the cap holds, and nothing unverified is claimed.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -30,12 +27,11 @@ from ..modelio.load import needs_external_data
 from ..passes import PermuteChannels
 from ..passes.prune_weights import PruneMethod
 from ..passes.weights import Declined, Status, WeightRecord, weight_records
-from ..runtime.feeds import FeedSet
-from ..runtime.sessions import open_model_session, run_feeds
-from .layer_budget import output_error
+from .guard import Guard
+from .layer_budget import output_comparisons
 from .progress import LayerProgress
 
-__all__ = ["SEARCH_SHARE", "Guard", "choose_channel_order"]
+__all__ = ["SEARCH_SHARE", "Guard", "choose_channel_order"]  # Guard: re-exported from .guard
 
 log = logging.getLogger("sparse24_onnx")
 
@@ -45,41 +41,6 @@ SEARCH_SHARE = 0.5
 
 class _OutOfTime(Exception):
     """The phase's deadline passed in the middle of a step."""
-
-
-@dataclass
-class Guard:
-    """Feeds the whole model is compared on in both channel orders.
-
-    Attributes:
-        feeds: The feeds.
-        reference: The dense model's outputs on them (None: computed when needed; the
-            permutation does not change the model's function, so either order gives them).
-        output_names: The outputs, in order (None with ``reference``).
-        label: What the feeds are, for the progress lines.
-        hint: What to check when onnxruntime refuses them.
-    """
-
-    feeds: list[dict[str, np.ndarray]]
-    reference: list[list[np.ndarray]] | None
-    output_names: list[str] | None
-    label: str
-    hint: str = ""
-
-    @classmethod
-    def held_out(cls, calibration: FeedSet) -> Guard:
-        """The held-out calibration feeds (every 4th; all of them when there are fewer than 4)."""
-        feeds = calibration.feeds[3::4] if len(calibration) >= 4 else calibration.feeds
-        return cls(feeds, None, None, "held-out calibration feeds", calibration.hint)
-
-    def outputs(self, model: ir.Model) -> tuple[list[list[np.ndarray]], list[str]]:
-        if self.reference is None:
-            with tempfile.TemporaryDirectory(prefix="sparse24-order-") as folder:
-                session = open_model_session(model, Path(folder) / "model.onnx")
-                self.reference = run_feeds(session, self.feeds, hint=self.hint)
-                self.output_names = [o.name for o in session.get_outputs()]
-                del session
-        return self.reference, self.output_names
 
 
 def choose_channel_order(
@@ -228,9 +189,9 @@ def _better_order(
         finally:
             progress.finish()
         chosen = [r for r in candidates if r.name in results]
-        error = output_error(model, chosen, results, guard.feeds, reference, names)
+        error = guard.measure(output_comparisons(model, chosen, results, guard.feeds, reference, names))
         trials[order] = (error, results, notes)
-        log.info("output error on the %s with the %s channel order: %.4g", guard.label, order, error)
+        log.info("%s on the %s with the %s channel order: %.4g", guard.scored, guard.label, order, error)
     keep = trials["permuted"][0] < trials["original"][0]
     if keep:
         for chain, perm in undone:
@@ -242,6 +203,7 @@ def _better_order(
         if record.permutation is not None:
             record.permutation["model_error"] = {"permuted": trials["permuted"][0], "original": trials["original"][0]}
             record.permutation["guard"] = guard.label
+            record.permutation["guard_score"] = guard.scored
             if not keep and record.permutation.get("kept", True):
                 record.permutation["kept"] = False
                 record.permutation["note"] = "original order kept: the whole model moved less without permutations"

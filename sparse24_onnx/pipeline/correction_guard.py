@@ -25,8 +25,8 @@ import onnx_ir as ir
 from ..methods import CalibratedMethod, Precomputed, SequentialMethod
 from ..passes.prune_weights import in_graph_order, stored_tensor
 from ..passes.weights import Declined, Status, WeightRecord, weight_records
-from .channel_order import Guard
-from .layer_budget import output_comparisons, worst_finite
+from .guard import Guard
+from .layer_budget import output_comparisons
 from .progress import LayerProgress
 
 __all__ = ["CorrectionChoice", "choose_correction"]
@@ -54,8 +54,6 @@ def choose_correction(
     guard: Guard,
     warnings: list[str],
     flag: str = "--correct",
-    score: Callable[[list], float] | None = None,
-    scored: str = "worst relative L2 error",
 ) -> CorrectionChoice:
     """Prune ``model``'s candidates sequentially with the correction and in one shot; keep the better.
 
@@ -63,12 +61,9 @@ def choose_correction(
         model: The model, unpruned (left as it was: the trials' weights are swapped in and back).
         sequential: The corrected sequential method.
         one_shot: Builds the one-shot calibrated method (its statistics captured on ``model``).
-        guard: The feeds the two are compared on, and the dense model's outputs there.
+        guard: The feeds the two are compared on, the dense model's outputs there, and the measure.
         warnings: Where the run's warning goes when the one-shot model is kept.
         flag: How the option is spelled to this caller.
-        score: A trial's score from its output comparisons, lower is better (default: the worst relative L2
-            error; the run passes the gates' violation when the user gave gates).
-        scored: What the score is, for the log, the warning and the report.
 
     Returns:
         The kept trial's results, to be written by the pruning pass.
@@ -82,9 +77,9 @@ def choose_correction(
         results, notes = _prune_all(model, candidates, method, label, write=label == CORRECTED)
         chosen = [r for r in candidates if r.name in results]
         comparisons = output_comparisons(model, chosen, results, guard.feeds, reference, names)
-        error = (score or worst_finite)(comparisons)
+        error = guard.measure(comparisons)
         trials[label] = (error, results, notes, method)
-        log.info("%s on the %s, %s: %.4g", scored, guard.label, label, error)
+        log.info("%s on the %s, %s: %.4g", guard.scored, guard.label, label, error)
     corrected, plain = trials[CORRECTED][0], trials[ONE_SHOT][0]
     kept = CORRECTED if corrected < plain else ONE_SHOT
     _, results, notes, method = trials[kept]
@@ -92,14 +87,14 @@ def choose_correction(
         record.calibration = notes.get(record.name)
     if kept == ONE_SHOT:
         warnings.append(
-            f"{flag}: the model pruned in one shot did better on the {guard.label} ({scored} {plain:.4g}) than "
+            f"{flag}: the model pruned in one shot did better on the {guard.label} ({guard.scored} {plain:.4g}) than "
             f"the sequential corrected one ({corrected:.4g}), so the one-shot model was written"
         )
     # Layers the corrected trial could not pair (fitted uncorrected there), whichever trial was kept.
     unpaired = Counter(str(n["uncorrected"]) for n in trials[CORRECTED][2].values() if n and n.get("uncorrected"))
     entry = {
         "feeds": guard.label,
-        "score": scored,
+        "score": guard.scored,
         "scores": {CORRECTED: corrected, ONE_SHOT: plain},
         "kept": kept,
         "uncorrected": [{"why": why, "count": count} for why, count in unpaired.most_common()],

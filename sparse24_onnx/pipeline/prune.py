@@ -38,9 +38,9 @@ from ..runtime.feeds import FeedSet, InputSpec, generate_feeds, infer_int_ranges
 from ..runtime.loaders import image_feeds, text_feeds
 from ..runtime.sessions import open_session
 from ..runtime.threads import thread_counts
-from ..validation.gates import violation
-from .channel_order import Guard, choose_channel_order
+from .channel_order import choose_channel_order
 from .correction_guard import choose_correction
+from .guard import Guard
 from .layer_budget import leave_sensitive_dense
 from .loading import input_path, load_input, refuse_unmatched
 from .options import PruneOptions
@@ -316,20 +316,13 @@ class _PruneRun:
                     "corrected model was written without the model-level check against the one-shot one"
                 )
                 return sequential
-            guard, score, scored = Guard.held_out(calibration), None, "worst relative L2 error"
-            gates = options.gates
-            if gates and reference is not None:  # the user's own measure of the task decides
-                guard = Guard(reference.feeds.feeds, reference.outputs, reference.output_names, "validation feeds")
-                score, scored = (lambda comparisons: violation(gates, comparisons)), "gates' violation"
             choice = choose_correction(
                 model,
                 sequential,
                 lambda: self.one_shot(model, calibration, stack),
-                guard,
+                Guard.for_run(calibration, reference, options.gates),
                 self.warnings,
                 options.spell("correct"),
-                score=score,
-                scored=scored,
             )
             self.facts.correction = choice.entry
             return choice
@@ -362,11 +355,7 @@ class _PruneRun:
         """Reorder channels (``--permute``), kept only where the data says it helps: :mod:`.channel_order`."""
         if not self.options.permute:
             return method
-        guard = None
-        if calibration is not None:
-            guard = Guard.held_out(calibration)
-        elif reference is not None:
-            guard = Guard(reference.feeds.feeds, reference.outputs, reference.output_names, "validation feeds")
+        guard = Guard.for_run(calibration, reference, self.options.gates)
         return choose_channel_order(model, method, self.options.cap_seconds, guard, self.warnings)
 
     def prune(self, model: ir.Model, method: PruneMethod, staged: StagedOutput, stack: ExitStack, external: bool):
