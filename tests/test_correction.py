@@ -130,24 +130,39 @@ def test_records_are_candidates(models_dir):
 
 
 def test_a_layer_that_cannot_be_paired_says_so(models_dir, tmp_path):
-    """A weight read by two layer inputs is fitted uncorrected, and the run says how many and why."""
+    """A grouped convolution is fitted uncorrected, and the run says how many and why."""
     rng = np.random.default_rng(0)
-    model = load_model(models_dir / "shared_gemm.onnx")
-    names = {i.name: i for i in model.graph.inputs}
-    shapes = {n: [d if isinstance(d, int) else 4 for d in v.shape] for n, v in names.items()}
-    calibration = [{n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()} for _ in range(8)]
-    result = prune_model(models_dir / "shared_gemm.onnx", tmp_path / "o.onnx", calibration=calibration,
-                         sequential=True, correct=True, validate=False)  # fmt: skip
+    calibration = [{"x": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    result = prune_model(models_dir / "cnn.onnx", tmp_path / "o.onnx", calibration=calibration, correct=True,
+                         tc_shapes="off", validate=False)  # fmt: skip
     check = result.report["calibration"]["correction"]
-    # Both weights (each read by 12 Gemms), in the corrected trial.
-    assert [e["count"] for e in check["uncorrected"]] == [2], check
+    assert {"why": "a grouped convolution", "count": 1} in check["uncorrected"], check  # in the corrected trial
     notes = [t["calibration"] for t in result.report["tensors"] if t["calibration"]]
     unpaired = [n for n in notes if n.get("uncorrected")]
     summary = result.report["calibration"]["summary"]["uncorrected"]
     assert sum(entry["count"] for entry in summary) == len(unpaired)
     # What was written says so when the corrected model was kept; the one-shot model has nothing to say.
-    assert len(unpaired) == (check["kept"] == "sequential, corrected")
+    assert bool(unpaired) == (check["kept"] == "sequential, corrected")
     assert any("--correct was not offered" in w for w in result.warnings) == bool(unpaired)
+
+
+def test_a_weight_read_by_several_layer_inputs_is_paired_over_all_of_them(models_dir):
+    """An unrolled recurrent cell: its weight's fit sums every time step's ``[X~ | X]``, as the capture does."""
+    from sparse24_onnx.calibration.capture import collect_stats
+
+    rng = np.random.default_rng(0)
+    dense, pruned = load_model(models_dir / "shared_gemm.onnx"), load_model(models_dir / "shared_gemm.onnx")
+    feeds = [{"x": rng.standard_normal((12, 16)).astype(np.float32),
+              "h0": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(4)]  # fmt: skip
+    record = next(r for r in FindWeights(tc_shapes="off")(pruned).weights if r.name == "cell.weight_hh")
+    paired = collect_paired_stats(dense, pruned, record, feeds, hold_out=False, rows_per_feature=0)
+    h_pruned, cross, h = paired.blocks("full")
+    ordinary = collect_stats(pruned, [record], feeds, hold_out=False, rows_per_feature=0)[record.name]
+    expected = np.asarray(ordinary.full_hessian(), dtype=np.float64)
+    assert paired.joint.rows == ordinary.rows == 12 * 4  # 12 steps of one row, 4 feeds
+    np.testing.assert_allclose(h_pruned, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cross, expected, rtol=1e-5, atol=1e-4)  # the same model: nothing moved
+    np.testing.assert_allclose(h, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_correct_keeps_the_trial_whose_outputs_move_less(models_dir, tmp_path):

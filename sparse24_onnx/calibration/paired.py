@@ -150,23 +150,28 @@ def collect_paired_stats(
     hint: str = "check the arrays of --calibration",
     residual: bool = True,
 ) -> PairedStats | Unpaired:
-    """The paired statistics of ``record``'s layer input, or why the pairing does not apply (a weight with
-    several layer inputs, inside a subgraph, a grouped convolution): the caller then fits it uncorrected.
-    Both models must hold the layer input under the same name (one is the other before pruning).
+    """The paired statistics of ``record``'s layer input(s), or why the pairing does not apply (inside a
+    subgraph, a grouped convolution, several inputs read in different layouts): the caller then fits it
+    uncorrected.  Both models must hold the layer inputs under the same names (one is the other before
+    pruning).  A weight read by several layer inputs alike (an unrolled recurrent cell's time steps) sums
+    their products, as the ordinary capture does: its fit is over every step.
 
     With ``residual``, a layer whose output is added to a residual stream (:func:`residual_stream`, rows
-    in the layout ``last``) gets the stream's error joined too (the module docstring)."""
+    in the layout ``last``, one layer input) gets the stream's error joined too (the module docstring)."""
     pairs = layer_inputs(pruned, [record]).get(record.name, [])
-    if len(pairs) != 1:
-        return Unpaired(f"the weight reads {len(pairs) or 'no captured'} layer input(s), not one")
-    value, layout = pairs[0]
-    if value.graph is not pruned.graph:
+    if not pairs:
+        return Unpaired("its layer input was not captured")
+    layout = pairs[0][1]
+    if any(v.graph is not pruned.graph for v, _ in pairs):
         return Unpaired("its layer input is inside a subgraph")
     if isinstance(layout, ConvPatches) and layout.groups != 1:
         return Unpaired("a grouped convolution")
-    twin = _twin(dense, value.name)
-    if twin is None:
-        return Unpaired(f"the dense model has no value {value.name!r}")
+    if any(other != layout for _, other in pairs[1:]):
+        return Unpaired(f"the weight reads {len(pairs)} layer inputs in different layouts")
+    twins = [_twin(dense, v.name) for v, _ in pairs]
+    missing = next((v.name for (v, _), twin in zip(pairs, twins, strict=True) if twin is None), None)
+    if missing is not None:
+        return Unpaired(f"the dense model has no value {missing!r}")
     kind = "channels" if isinstance(layout, ConvPatches) else layout
     axis = _FEATURE_AXIS[kind]
     k = int(record.shape[record.axis])
@@ -175,7 +180,8 @@ def collect_paired_stats(
         joined_layout = ConvPatches(layout.kernel, layout.strides, layout.pads, layout.dilations, layout.auto_pad)
     stream = twin_stream = None
     n = 0
-    if residual and layout == "last" and len(record.uses) == 1 and record.uses[0].ref is not None:
+    single = len(pairs) == 1 and len(record.uses) == 1 and record.uses[0].ref is not None
+    if residual and layout == "last" and single:
         stream = residual_stream(record.uses[0].ref)
         twin_stream = None if stream is None else _twin(dense, stream.name)
         if twin_stream is None:
@@ -183,50 +189,52 @@ def collect_paired_stats(
         else:
             n = int(np.prod(record.shape)) // k  # the layer's outputs: E's features
     features = joined_layout.features(2 * k) if isinstance(layout, ConvPatches) else 2 * k + n
-    item = _Input([(value, joined_layout)], features, 2 * k + n, weights=[record.name])
+    item = _Input([(v, joined_layout) for v, _ in pairs], features, 2 * k + n, weights=[record.name])
     if rows_per_feature and len(feeds):
         item.cap = max(1, -(-rows_per_feature * features // len(feeds)))
     by_feed = hold_out and len(feeds) >= 4
+    values = [v for v, _ in pairs]
     with tempfile.TemporaryDirectory(prefix="sparse24-paired-") as folder:
         sessions = []
-        for model, wanted in ((pruned, [value, stream]), (dense, [twin, twin_stream])):
-            exposed = [v for v in wanted if v is not None]
+        for model, wanted in ((pruned, [*values, stream]), (dense, [*twins, twin_stream])):
+            exposed = list(dict.fromkeys(v for v in wanted if v is not None))
             added = [v for v in exposed if v not in model.graph.outputs]
             model.graph.outputs.extend(added)
             try:
                 session = open_model_session(model, Path(folder) / f"{len(sessions)}.onnx")
-                sessions.append((session, [v.name for v in exposed]))
+                sessions.append((session, [v.name for v in wanted if v is not None]))
             finally:
                 for v in added:
                     model.graph.outputs.remove(v)
         misaligned = ""
         for index, feed in enumerate(feeds):
-            activations, streams = [], []
+            per_model = []
             for session, wanted in sessions:
                 names = [o.name for o in session.get_outputs()]
                 outputs = run_feeds(session, [feed], hint=hint)[0]
-                activations.append(np.asarray(outputs[names.index(wanted[0])]))
+                per_model.append([np.asarray(outputs[names.index(name)]) for name in wanted])
+            for source in range(len(values)):
+                activations = [per_model[0][source], per_model[1][source]]
+                if any(a.size == 0 for a in activations):
+                    continue
                 if stream is not None:
-                    streams.append(np.asarray(outputs[names.index(wanted[1])], dtype=np.float32))
-            if any(a.size == 0 for a in activations):
-                continue
-            if stream is not None:
-                x_pruned, x_dense = (a.reshape(-1, k) for a in activations)
-                error = (streams[1] - streams[0]).reshape(-1, n) if streams[0].size % n == 0 else None
-                if error is None or error.shape[0] != x_pruned.shape[0]:
-                    # The stream's rows are not the layer input's: its error cannot be used (for any feed).
-                    misaligned = (
-                        f"the residual stream {stream.name!r} has {streams[0].shape} values for "
-                        f"{x_pruned.shape[0]} rows of the layer input"
-                    )
-                    error = np.zeros((x_pruned.shape[0], n), np.float32)
-                joined = np.concatenate([x_pruned, x_dense, error.astype(x_pruned.dtype)], axis=-1)
-            else:
-                joined = np.concatenate(activations, axis=axis)
-            _accumulate(
-                item, joined_layout, joined, True,
-                held=hold_out and by_feed and index % 4 == 3, split_rows=hold_out and not by_feed, feed=index,
-            )  # fmt: skip
+                    streams = [np.asarray(m[-1], dtype=np.float32) for m in per_model]
+                    x_pruned, x_dense = (a.reshape(-1, k) for a in activations)
+                    error = (streams[1] - streams[0]).reshape(-1, n) if streams[0].size % n == 0 else None
+                    if error is None or error.shape[0] != x_pruned.shape[0]:
+                        # The stream's rows are not the layer input's: its error cannot be used (for any feed).
+                        misaligned = (
+                            f"the residual stream {stream.name!r} has {streams[0].shape} values for "
+                            f"{x_pruned.shape[0]} rows of the layer input"
+                        )
+                        error = np.zeros((x_pruned.shape[0], n), np.float32)
+                    joined = np.concatenate([x_pruned, x_dense, error.astype(x_pruned.dtype)], axis=-1)
+                else:
+                    joined = np.concatenate(activations, axis=axis)
+                _accumulate(
+                    item, joined_layout, joined, True, held=hold_out and by_feed and index % 4 == 3,
+                    split_rows=hold_out and not by_feed, feed=index, source=source,
+                )  # fmt: skip
         del sessions
     if item.stats is None or item.stats.hessian is None:
         why = item.stats.no_hessian if item.stats is not None else "no calibration rows reached it"
