@@ -48,7 +48,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="prune layer by layer (implies --sequential), each fitted to reproduce the dense model's output "
         "from the pruned model's input where its held-out rows say that helps (GPTAQ's error correction); the "
         "whole model is also pruned in one shot and the one whose outputs move less on held-out calibration "
-        "feeds is written. Closest to dense on task metrics; ~3-5x the time (docs/methods.md)",
+        "feeds is written. Closest to dense on CNNs and recurrent models; 3-8x the time (docs/methods.md)",
     )
     parser.add_argument(
         "--sequential",
