@@ -340,3 +340,20 @@ def test_the_runs_guard_is_the_gates_on_the_validation_feeds_when_there_are_gate
     assert (guard.label, guard.scored) == ("validation feeds", "gates' violation")
     half_right = np.eye(4)[[0, 1, 0, 0]]  # top-1 agrees on 2 of 4 rows: the gate's bound, violation 1
     assert guard.measure(compare_runs(["y"], [[np.eye(4)]], [[half_right]])) == pytest.approx(1.0)
+
+
+def test_auto_exclude_prunes_a_sequential_method_sequentially(models_dir, tmp_path):
+    """The sensitivity search's trial prunes as the pruning pass would: each layer on the model pruned
+    before it, so with nothing left dense it writes exactly what ``--sequential`` alone writes."""
+    rng = np.random.default_rng(6)
+    calibration = [{"x": rng.standard_normal((32, 64)).astype(np.float32)} for _ in range(8)]
+    held = [{"x": rng.standard_normal((8, 64)).astype(np.float32)}]
+    common = {"calibration": calibration, "sequential": True, "inputs": held}
+    plain = prune_model(models_dir / "mlp.onnx", tmp_path / "a.onnx", **common)
+    searched = prune_model(models_dir / "mlp.onnx", tmp_path / "b.onnx", auto_exclude=True, max_rel_error=10.0,
+                           **common)  # fmt: skip
+    assert searched.report["auto_exclude"]["dense"] == []
+    written = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "b.onnx").graph.initializer}
+    for init in onnx.load(tmp_path / "a.onnx").graph.initializer:
+        np.testing.assert_array_equal(written[init.name], numpy_helper.to_array(init))
+    assert plain.report["validation"]["worst_rel_l2_error"] == searched.report["validation"]["worst_rel_l2_error"]

@@ -26,10 +26,9 @@ from ..methods import CalibratedMethod, Precomputed
 from ..modelio.load import needs_external_data
 from ..passes import PermuteChannels
 from ..passes.prune_weights import PruneMethod
-from ..passes.weights import Declined, Status, WeightRecord, weight_records
+from ..passes.weights import Status, WeightRecord, weight_records
 from .guard import Guard
-from .layer_budget import output_comparisons
-from .progress import LayerProgress
+from .layer_budget import output_comparisons, prune_candidates
 
 __all__ = ["SEARCH_SHARE", "Guard", "choose_channel_order"]  # Guard: re-exported from .guard
 
@@ -172,22 +171,19 @@ def _better_order(
     for order in ("permuted", "original"):
         if order == "original":
             undone = [permute.undo(record) for record in candidates if record.name in permute.applied]
-        results, notes = {}, {}
-        progress = LayerProgress(f"pruning in the {order} channel order")
+
+        def in_time() -> None:
+            if clock() > deadline:
+                raise _OutOfTime
+
         try:
-            for done, record in enumerate(candidates):
-                if clock() > deadline:
-                    for chain, perm in undone:
-                        permute.redo(chain, perm)
-                    raise _OutOfTime
-                progress(done, len(candidates), record)
-                try:
-                    results[record.name] = method.prune(record, record.real(record.source.tensor.numpy()))
-                except Declined:
-                    continue
-                    notes[record.name] = record.calibration
-        finally:
-            progress.finish()
+            results, notes = prune_candidates(
+                model, candidates, method, f"pruning in the {order} channel order", before_each=in_time
+            )
+        except _OutOfTime:
+            for chain, perm in undone:
+                permute.redo(chain, perm)
+            raise
         chosen = [r for r in candidates if r.name in results]
         error = guard.measure(output_comparisons(model, chosen, results, guard.feeds, reference, names))
         trials[order] = (error, results, notes)

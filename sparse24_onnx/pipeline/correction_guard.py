@@ -23,11 +23,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ..methods import CalibratedMethod, Precomputed, SequentialMethod
-from ..passes.prune_weights import in_graph_order, stored_tensor
-from ..passes.weights import Declined, Status, WeightRecord, weight_records
+from ..passes.weights import Status, weight_records
 from .guard import Guard
-from .layer_budget import output_comparisons
-from .progress import LayerProgress
+from .layer_budget import output_comparisons, prune_candidates
 
 __all__ = ["CorrectionChoice", "choose_correction"]
 
@@ -74,7 +72,7 @@ def choose_correction(
     trials: dict[str, tuple[float, dict[str, np.ndarray], dict[str, object], object]] = {}
     for label in (CORRECTED, ONE_SHOT):
         method = sequential if label == CORRECTED else one_shot()
-        results, notes = _prune_all(model, candidates, method, label, write=label == CORRECTED)
+        results, notes = prune_candidates(model, candidates, method, f"pruning ({label})")
         chosen = [r for r in candidates if r.name in results]
         comparisons = output_comparisons(model, chosen, results, guard.feeds, reference, names)
         error = guard.measure(comparisons)
@@ -100,37 +98,3 @@ def choose_correction(
         "uncorrected": [{"why": why, "count": count} for why, count in unpaired.most_common()],
     }
     return CorrectionChoice(method, results, time.monotonic() - started, entry)
-
-
-def _prune_all(
-    model: ir.Model, candidates: list[WeightRecord], method, label: str, *, write: bool
-) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    """Every candidate's pruned values and calibration note under ``method``; with ``write`` (a sequential
-    method: each layer is captured on the model pruned before it) each result is swapped into ``model`` as
-    it comes, and the originals are put back at the end."""
-    results: dict[str, np.ndarray] = {}
-    notes: dict[str, object] = {}
-    swapped: list[tuple[WeightRecord, ir.TensorProtocol]] = []
-    order = in_graph_order(model, candidates) if write else candidates
-    progress = LayerProgress(f"pruning ({label})", detail=lambda: getattr(method, "step", ""))
-    try:
-        for done, record in enumerate(order):
-            progress(done, len(order), record)
-            record.calibration = None
-            try:
-                pruned = method.prune(record, record.real(record.source.tensor.numpy()))
-            except Declined:
-                continue
-            if not np.isfinite(pruned).all():
-                continue  # the pruning pass skips it (NOT_FINITE): the trial must not count it either
-            results[record.name] = pruned
-            notes[record.name] = record.calibration
-            if write:
-                tensor = record.source.tensor
-                swapped.append((record, tensor))
-                record.source.replace(stored_tensor(record, tensor, pruned))
-    finally:
-        progress.finish()
-        for record, tensor in reversed(swapped):
-            record.source.replace(tensor)
-    return results, notes

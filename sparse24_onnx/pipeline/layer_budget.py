@@ -187,6 +187,54 @@ def output_comparisons(
     return compare_runs(output_names, reference, outputs)
 
 
+def prune_candidates(
+    model: ir.Model,
+    candidates: list[WeightRecord],
+    method: PruneMethod,
+    verb: str,
+    before_each: Callable[[], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Every candidate's pruned values and calibration note under ``method``, for a step that compares or
+    measures whole-model trials before anything is written; ``model`` is left as it was.
+
+    A sequential method (each layer captured on the model pruned before it) gets the candidates in graph
+    order with each result swapped into ``model`` as it comes (and the originals put back at the end), as
+    the pruning pass would.  ``before_each`` runs before each layer (a deadline check may raise there).
+    """
+    from ..passes.prune_weights import in_graph_order, stored_tensor
+    from .progress import LayerProgress
+
+    sequential = getattr(method, "sequential", False)
+    results: dict[str, np.ndarray] = {}
+    notes: dict[str, object] = {}
+    swapped: list[tuple[WeightRecord, ir.TensorProtocol]] = []
+    order = in_graph_order(model, candidates) if sequential else candidates
+    progress = LayerProgress(verb, detail=lambda: getattr(method, "step", ""))
+    try:
+        for done, record in enumerate(order):
+            if before_each is not None:
+                before_each()
+            progress(done, len(order), record)
+            record.calibration = None
+            try:
+                pruned = method.prune(record, record.real(record.source.tensor.numpy()))
+            except Declined:
+                continue
+            if not np.isfinite(pruned).all():
+                continue  # the pruning pass skips it (NOT_FINITE): a trial must not count it either
+            results[record.name] = pruned
+            notes[record.name] = record.calibration
+            if sequential:
+                tensor = record.source.tensor
+                swapped.append((record, tensor))
+                record.source.replace(stored_tensor(record, tensor, pruned))
+    finally:
+        progress.finish()
+        for record, tensor in reversed(swapped):
+            record.source.replace(tensor)
+    return results, notes
+
+
 def leave_sensitive_dense(
     model: ir.Model,
     method: PruneMethod,
@@ -197,22 +245,12 @@ def leave_sensitive_dense(
 ) -> tuple[Budget, Precomputed]:
     """``--auto-exclude``: prune every candidate (with progress), measure sensitivities, and skip the fewest
     most sensitive ones (deliberately: ``check`` accepts them); the method comes back with the results reused."""
-    from .progress import LayerProgress
-
     log = logging.getLogger("sparse24_onnx")
     candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
-    results = {}
     started = time.monotonic()
-    progress = LayerProgress("pruning for the sensitivity search")
-    try:
-        for done, record in enumerate(candidates):
-            progress(done, len(candidates), record)
-            try:
-                results[record.name] = method.prune(record, record.real(record.source.tensor.numpy()))
-            except Declined:
-                continue
-    finally:
-        progress.finish()
+    results, notes = prune_candidates(model, candidates, method, "pruning for the sensitivity search")
+    for record in candidates:
+        record.calibration = notes.get(record.name)
     candidates = [r for r in candidates if r.name in results]
     log.info("measuring the sensitivity of %d layers", len(candidates))
     budget = fit_budget(model, candidates, results, feeds, reference, output_names, bound, progress=log.info)
