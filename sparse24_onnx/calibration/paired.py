@@ -66,33 +66,31 @@ class PairedStats:
     def blocks(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(H~, C, H)`` (float64) over every row (``full``), the fitted rows (``fit``) or the held-out ones
         (``held``; None without them)."""
+        z = self._joint(kind)
+        if z is None:
+            return None
+        p, d = self.pruned, self.dense
+        # Each block sliced from the float32 sums, then made float64, rather than a float64 copy of the whole
+        # Z^T Z first (the captcha CRNN's LSTM has an 8192 x 8192 one).
+        return tuple(np.asarray(z[np.ix_(a, b)], dtype=np.float64) for a, b in ((p, p), (p, d), (d, d)))
+
+    def _joint(self, kind: str) -> np.ndarray | None:
+        """``Z^T Z`` (float32) over the rows of ``kind`` (as :meth:`blocks`)."""
         stats = self.joint
         if kind == "full":
-            z = np.asarray(stats.hessian, dtype=np.float64)
-        elif kind == "held":
-            if stats.held_out is None:
-                return None
-            z = np.asarray(stats.held_out, dtype=np.float64)
-        else:
-            z = np.asarray(stats.fit_hessian(), dtype=np.float64)
-        p, d = self.pruned, self.dense
-        return z[np.ix_(p, p)], z[np.ix_(p, d)], z[np.ix_(d, d)]
+            return np.asarray(stats.hessian)
+        if kind == "held":
+            return None if stats.held_out is None else np.asarray(stats.held_out)
+        return np.asarray(stats.fit_hessian())
 
     def residual(self, kind: str) -> Residual | None:
         """``G = X~^T E``, ``F = X^T E`` and ``||E||^2`` over the rows of ``kind`` (as :meth:`blocks`), or
         None without a residual stream."""
         if self.error is None:
             return None
-        stats = self.joint
-        if kind == "full":
-            z = stats.hessian
-        elif kind == "held":
-            if stats.held_out is None:
-                return None
-            z = stats.held_out
-        else:
-            z = stats.fit_hessian()
-        z = np.asarray(z)
+        z = self._joint(kind)
+        if z is None:
+            return None
         e = self.error
         return Residual(
             np.asarray(z[np.ix_(self.pruned, e)], dtype=np.float64),
