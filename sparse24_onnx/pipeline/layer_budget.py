@@ -31,7 +31,14 @@ from ..runtime.sessions import open_model_session, run_feeds
 from ..validation.compare import OutputComparison, compare_runs, worst_error
 from ..validation.gates import Gate, violation
 
-__all__ = ["Budget", "fit_budget", "leave_sensitive_dense", "output_error"]
+__all__ = [
+    "Budget",
+    "fit_budget",
+    "leave_sensitive_dense",
+    "output_comparisons",
+    "prune_candidates",
+    "worst_finite",
+]
 
 
 @dataclass
@@ -143,19 +150,6 @@ def worst_finite(comparisons: list[OutputComparison]) -> float:
     """The worst relative L2 error of the outputs (inf when one is NaN: a trial that broke the model loses)."""
     worst = worst_error(comparisons)
     return math.inf if math.isnan(worst) else worst
-
-
-def output_error(
-    model: ir.Model,
-    records: list[WeightRecord],
-    pruned: dict[str, np.ndarray],
-    feeds: list[dict[str, np.ndarray]],
-    reference: list[list[np.ndarray]],
-    output_names: list[str],
-) -> float:
-    """The worst relative output error of ``model`` with ``records``' weights replaced by their ``pruned``
-    values (inf when an output is NaN)."""
-    return worst_finite(output_comparisons(model, records, pruned, feeds, reference, output_names))
 
 
 def output_comparisons(

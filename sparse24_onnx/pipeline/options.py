@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..choices import ACTIVATION_CALIBRATIONS, CALIBRATED, FORMATS, METHODS, QUANTIZE, RECOMMENDED
+from ..choices import ACTIVATION_CALIBRATIONS, CALIBRATED, FORMATS, METHODS, QUANTIZE, RECOMMENDED, ROWS_PER_FEATURE
 from ..errors import BadInput
 from ..runtime.feeds import parse_int_ranges, parse_shapes
 from ..runtime.loaders import IMAGE_SUFFIXES
@@ -292,6 +292,12 @@ class PruneOptions:
     def bound(self) -> float | None:
         """The ``max_rel_error`` bound on every output (the report's ``max_rel_error``), if given."""
         return next((g.bound for g in self.gates if g.option == "max_rel_error" and g.output is None), None)
+
+    @property
+    def rows_cap(self) -> int:
+        """Most rows per input feature ``X^T X`` takes (``rows_per_feature``, default :data:`ROWS_PER_FEATURE`;
+        0: every row)."""
+        return ROWS_PER_FEATURE if self.rows_per_feature is None else self.rows_per_feature
 
     @property
     def cap_seconds(self) -> float:

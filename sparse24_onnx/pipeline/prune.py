@@ -25,7 +25,6 @@ import onnx_ir as ir
 
 from ..calibration.capture import collect_stats, memory_budget
 from ..calibration.summary import calibration_entry
-from ..choices import ROWS_PER_FEATURE
 from ..errors import BadInput, ValidationFailed
 from ..methods import CalibratedMethod, SequentialMethod, uncalibrated_method
 from ..modelio.load import external_files, load_model, needs_external_data
@@ -296,7 +295,6 @@ class _PruneRun:
         options = self.options
         if calibration is None:
             return None
-        rows_per_feature = ROWS_PER_FEATURE if options.rows_per_feature is None else options.rows_per_feature
         if options.sequential:
             sequential = SequentialMethod(
                 options.method,
@@ -305,7 +303,7 @@ class _PruneRun:
                 damp=options.damp,
                 refit=options.refit,
                 tune=options.tune,
-                rows_per_feature=rows_per_feature,
+                rows_per_feature=options.rows_cap,
                 dense=load_model(self.facts.input) if options.correct else None,  # the input as on disk
             )
             if not options.correct:
@@ -331,7 +329,6 @@ class _PruneRun:
     def one_shot(self, model: ir.Model, calibration: FeedSet, stack: ExitStack) -> CalibratedMethod:
         """The calibrated method with every layer's statistics captured in one pass over the unpruned model."""
         options = self.options
-        rows_per_feature = ROWS_PER_FEATURE if options.rows_per_feature is None else options.rows_per_feature
         candidates = [r for r in weight_records(model) if r.status == Status.CANDIDATE]
         log.info("capturing the inputs of %d layers on %d calibration feeds", len(candidates), len(calibration))
         started = time.monotonic()
@@ -344,7 +341,7 @@ class _PruneRun:
             memory_bytes=memory_budget(options.calibration_memory),
             spill=spill,
             hint=calibration.hint,
-            rows_per_feature=rows_per_feature,
+            rows_per_feature=options.rows_cap,
         )
         log.info("captured in %.1f s", time.monotonic() - started)
         return CalibratedMethod(options.method, stats, damp=options.damp, refit=options.refit, tune=options.tune)
